@@ -1,0 +1,32 @@
+# `make test` and `make demo` do all set-up on a fresh machine.
+# .venv is rebuilt only when setup.cfg or pyproject.toml change (the stamp file records the last install).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo nbs bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+	$(PY) tools/run_nbs.py nbs
+
+demo: $(STAMP)
+	$(VENV)/bin/fast-impl demo
+
+# re-execute the notebooks and keep their outputs (for the rendered docs)
+nbs: $(STAMP)
+	$(PY) tools/run_nbs.py --inplace nbs
+
+bench: $(STAMP)
+	$(PY) bench/summary_bench.py
+	$(PY) bench/split_registry.py
+	$(PY) bench/transfer.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
