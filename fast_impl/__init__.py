@@ -1,0 +1,29 @@
+"fast_impl: instant architecture summaries, layer summaries and layer groups for fine-tuning vision models with fastai."
+# The public API is loaded lazily (PEP 562), so `import fast_impl` imports neither fastai nor timm.
+from __future__ import annotations
+
+__version__ = '0.1.0'
+
+_API = {
+    'resolve': ['resolve', 'arch_name', 'UnknownArchError', 'known_names', 'load_weights'],
+    'tree': ['get_module', 'walk', 'unwrap', 'path_name', 'index_path'],
+    'summary': ['arch_summary', 'count_parameters', 'param_table', 'ArchSummary', 'ParamTable'],
+    'stats': ['layer_summary', 'compare_archs', 'LayerSummary', 'Comparison'],
+    'split': ['split_stages', 'split_n', 'split_at', 'check_groups', 'group_table', 'stage_splitter',
+              'n_splitter', 'at_splitter', 'splitter', 'GroupError'],
+    'learner': ['discriminative_learner', 'layer_decay', 'no_decay_params'],
+    'data': ['digits_dls', 'digits_images'],
+    'models': None,
+}
+_WHERE = {name: mod for mod, names in _API.items() if names for name in names}
+__all__ = list(_WHERE) + ['models']
+
+
+def __getattr__(name: str):
+    import importlib
+    if name in _API: return importlib.import_module(f'.{name}', __name__)
+    if name not in _WHERE: raise AttributeError(f"module 'fast_impl' has no attribute {name!r}")
+    return getattr(importlib.import_module(f'.{_WHERE[name]}', __name__), name)
+
+
+def __dir__(): return sorted(__all__ + list(_API))
