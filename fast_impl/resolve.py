@@ -63,7 +63,7 @@ def _xresnet_names() -> list[str]:
     path = os.path.join(list(spec.submodule_search_locations)[0], 'vision', 'models', 'xresnet.py')
     try: src = open(path).read()
     except OSError: return []
-    return re.findall(r'^def (x\w+)\(pretrained', src, flags=re.M)
+    return re.findall(r'^def (x\w+)\s*\(pretrained', src, flags=re.M)
 
 
 @register_source('fastai')
