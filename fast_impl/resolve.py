@@ -56,14 +56,17 @@ def _torchvision_builder(name: str):
 
 
 def _xresnet_names() -> list[str]:
-    # read the names from the source file: importing fastai takes seconds and most lookups never need it
-    import importlib.util, re
+    "fastai's xresnet family, read from the source's `__all__`: importing fastai takes seconds"
+    import ast, importlib.util
     spec = importlib.util.find_spec('fastai')
     if spec is None or not spec.submodule_search_locations: return []
     path = os.path.join(list(spec.submodule_search_locations)[0], 'vision', 'models', 'xresnet.py')
-    try: src = open(path).read()
-    except OSError: return []
-    return re.findall(r'^def (x\w+)\s*\(pretrained', src, flags=re.M)
+    try: tree = ast.parse(open(path).read())
+    except (OSError, SyntaxError): return []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, 'id', '') == '__all__' for t in node.targets):
+            return [n for n in ast.literal_eval(node.value) if n.startswith('x')]
+    return []
 
 
 @register_source('fastai')
