@@ -1,0 +1,310 @@
+"fastai integration (the only module importing fastai): discriminative Learners, layer decay, norm/weight-decay policy, group reports."
+from __future__ import annotations
+
+__all__ = ['discriminative_learner', 'DiscriminativeLearner', 'build_model', 'classifier_name', 'set_classifier',
+           'arch_stats', 'layer_decay', 'no_decay_params', 'is_norm', 'GroupsReport']
+
+import os, re, warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from fastcore.basics import patch
+from fastcore.meta import delegates
+from fastai.learner import Learner
+from fastai.torch_core import norm_types
+from fastai.vision.core import imagenet_stats
+
+from .render import Report, fmt_int, pretty_table
+from .resolve import resolve
+from .tree import unwrap
+
+# ---------------------------------------------------------------- norm and weight-decay policy
+
+_NORMS = norm_types + (nn.GroupNorm, nn.LocalResponseNorm, getattr(nn, 'RMSNorm', nn.GroupNorm), nn.SyncBatchNorm)
+_NO_WD_NAME = re.compile(r'(^|\.)((cls|class|dist|reg|register|mask)_?tokens?|pos_?embed\w*|pos_?embedding\w*|'
+                         r'absolute_pos_embed|relative_position_bias_table|gamma(_\d)?|layer_?scale\w*)$')
+
+
+def is_norm(m: nn.Module) -> bool:
+    "True for a normalisation layer: fastai's list, GroupNorm, RMSNorm, and any `*Norm*` class holding its own parameters (timm norm-act)"
+    if isinstance(m, _NORMS): return True
+    if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)): return False
+    return 'Norm' in type(m).__name__ and next(m.parameters(recurse=False), None) is not None
+
+
+def _is_scale(m: nn.Module) -> bool:
+    "True for a layer-scale module (timm `LayerScale`, `LayerScale2d`, MetaFormer `Scale`)"
+    return re.search(r'Scale(2d)?$', type(m).__name__) is not None
+
+
+def _timm_no_wd(model: nn.Module) -> set[str]:
+    "Full dotted names listed by every `no_weight_decay()` method in `model` (timm)"
+    names = set()
+    for prefix, m in model.named_modules():
+        f = getattr(m, 'no_weight_decay', None)
+        if not callable(f): continue
+        try: listed = f()
+        except Exception: continue
+        names |= {f'{prefix}.{n}' if prefix else n for n in listed}
+    return names
+
+
+def no_decay_params(model: nn.Module, with_bias: bool = True) -> list[nn.Parameter]:
+    "Parameters of `model` that get no weight decay and train while frozen: norms, layer-scale gammas, tokens, timm's `no_weight_decay()`, and biases if `with_bias`"
+    model = unwrap(model)
+    listed = _timm_no_wd(model)
+    special = {n for n, m in model.named_modules() if is_norm(m) or _is_scale(m)}
+    res = []
+    for name, p in model.named_parameters():
+        owner, _, leaf = name.rpartition('.')
+        if (owner in special or _NO_WD_NAME.search(name) or name in listed or any(name.startswith(n + '.') for n in listed)
+                or (with_bias and (leaf == 'bias' or leaf.endswith('_bias')))): res.append(p)
+    return res
+
+# ---------------------------------------------------------------- building the model
+
+
+def classifier_name(model: nn.Module) -> str:
+    "Dotted name of `model`'s classifier: timm's `get_classifier()`, else its last Linear (or a final 1x1 conv, as in SqueezeNet)"
+    get = getattr(model, 'get_classifier', None)
+    if callable(get):
+        head = get()
+        for n, m in model.named_modules():
+            if m is head and isinstance(m, (nn.Linear, nn.Conv2d)): return n
+    cands = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    lin = [n for n, m in cands if isinstance(m, nn.Linear)]
+    if cands and isinstance(cands[-1][1], nn.Conv2d) and cands[-1][1].kernel_size == (1, 1) and not lin: return cands[-1][0]
+    if not lin: raise ValueError(f"{type(model).__name__} has no Linear classifier to replace; pass a model with one")
+    return lin[-1]
+
+
+def set_classifier(model: nn.Module, n_out: int) -> nn.Module:
+    "Give `model` a freshly initialised classifier for `n_out` classes (timm's `reset_classifier`, else the last Linear swapped)"
+    if callable(getattr(model, 'reset_classifier', None)):
+        model.reset_classifier(n_out)
+        return model
+    name = classifier_name(model)
+    parent, _, leaf = name.rpartition('.')
+    old = model.get_submodule(name)
+    if isinstance(old, nn.Linear): new = nn.Linear(old.in_features, n_out, bias=old.bias is not None)
+    else: new = nn.Conv2d(old.in_channels, n_out, old.kernel_size, bias=old.bias is not None)
+    setattr(model.get_submodule(parent), leaf, new.to(old.weight.device))
+    return model
+
+
+def _drop_aux(model: nn.Module) -> nn.Module:
+    "Remove auxiliary classifiers (torchvision GoogLeNet `aux1/aux2`, Inception3 `AuxLogits`) so `forward` returns logits"
+    if getattr(model, 'aux_logits', False):
+        model.aux_logits = False
+        for n in ('aux1', 'aux2', 'AuxLogits'):
+            if hasattr(model, n): setattr(model, n, None)
+    return model
+
+
+_AUX = re.compile(r'^(aux1|aux2|AuxLogits)\.')
+
+
+def _state_dict(path) -> dict:
+    "The state dict in weights file `path` (also inside a checkpoint's 'model'/'state_dict'), without DDP/compile prefixes"
+    if not os.path.isfile(path): raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    sd = torch.load(path, map_location='cpu', weights_only=True)
+    for k in ('model', 'state_dict', 'model_state_dict'):
+        if isinstance(sd, dict) and isinstance(sd.get(k), dict): sd = sd[k]
+    if not isinstance(sd, dict): raise ValueError(f"{str(path)!r} holds a {type(sd).__name__}, expected a state dict")
+    return {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in sd.items()}
+
+
+def load_body(model: nn.Module, path) -> nn.Module:
+    "Load weights file `path` into `model`: every tensor but the classifier must fit (auxiliary heads are ignored)"
+    sd, own, head = _state_dict(path), model.state_dict(), classifier_name(model) + '.'
+    fits = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in fits and not k.startswith(head) and not _AUX.match(k)]
+    extra = [k for k in sd if k not in fits and not k.startswith(head) and not _AUX.match(k)]
+    if missing or extra:
+        raise ValueError(f"{str(path)!r} does not fit {type(model).__name__}: missing or misshapen {missing[:5]}, "
+                         f"unexpected or misshapen {extra[:5]}")
+    model.load_state_dict(fits, strict=False)
+    return model
+
+
+def build_model(arch, n_out: int, pretrained: bool | str | os.PathLike = False, **kwargs) -> nn.Module:
+    "`arch` with real weights on the CPU (registry weights if `pretrained` is True, a local file if a path) and a new `n_out`-class classifier"
+    model = resolve(arch, device='cpu', pretrained=pretrained is True, **kwargs)
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError(f"{type(model).__name__} is on the meta device; a Learner needs real weights (pass a name or builder)")
+    if pretrained not in (False, None, True): load_body(model, pretrained)
+    return set_classifier(_drop_aux(model), n_out)
+
+
+def arch_stats(model: nn.Module) -> tuple[list, list]:
+    "Mean and std the weights of `model` expect: timm's `pretrained_cfg`, else ImageNet's (torchvision, fastai)"
+    cfg = getattr(unwrap(model), 'pretrained_cfg', None) or {}
+    if cfg.get('mean') and cfg.get('std'): return list(cfg['mean']), list(cfg['std'])
+    return list(imagenet_stats[0]), list(imagenet_stats[1])
+
+
+def _add_norm(dls, stats):
+    "Add `Normalize` with `stats` to `dls` after each batch, unless it has one already (as fastai's `vision_learner`)"
+    from fastai.data.transforms import Normalize
+    if any(isinstance(t, Normalize) for t in dls.after_batch.fs): return
+    dls.add_tfms([Normalize.from_stats(*stats)], 'after_batch')
+
+# ---------------------------------------------------------------- the Learner
+
+
+def _as_groups(groups) -> list[list]:
+    "A splitter's result as a list of parameter lists (fastai also allows one flat list, or dicts with 'params')"
+    groups = list(groups)
+    if groups and isinstance(groups[0], torch.Tensor): return [groups]
+    return [list(g['params']) if isinstance(g, dict) else list(g) for g in groups]
+
+
+class DiscriminativeLearner(Learner):
+    "A fastai `Learner` that checks its groups partition the model, applies the wider no-weight-decay policy, and warns on a futile `freeze`"
+    def _bn_bias_state(self, with_bias): return [self.opt.state[p] for p in no_decay_params(self.model, with_bias)]
+
+    def create_opt(self):
+        from fastai.optimizer import OptimWrapper
+        if not isinstance(self.opt_func, OptimWrapper):
+            from .split import check_groups
+            check_groups(unwrap(self.model), _as_groups(self.splitter(self.model)))
+        super().create_opt()
+
+    def freeze_to(self, n: int):
+        if self.opt is None: self.create_opt()
+        if len(self.opt.param_lists) == 1 and n != 0:
+            warnings.warn("freeze_to/freeze on a Learner with a single parameter group freezes nothing; "
+                          "split the model with groups='stages', an int, or cuts", stacklevel=2)
+        super().freeze_to(n)
+
+
+def _splitter(groups):
+    "A splitter function for `groups`: 'stages', a number of groups, cut paths, or a splitter function"
+    if callable(groups): return groups
+    from .split import splitter
+    return splitter(groups)
+
+
+def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
+    "`kwargs` split into those for `Learner` and those for the arch builder"
+    import inspect
+    names = set(inspect.signature(Learner.__init__).parameters) - {'self', 'dls', 'model', 'splitter'}
+    return {k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names}
+
+
+@delegates(Learner.__init__, keep=True, but=['dls', 'model', 'splitter'])
+def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | os.PathLike = False,
+                           n_out: int | None = None, normalize: bool = True, **kwargs) -> DiscriminativeLearner:
+    """A fastai `Learner` for any timm, torchvision, fastai or fast_impl classifier, split into layer groups.
+
+    Args:
+        dls: the fastai `DataLoaders`; `n_out` defaults to its number of classes.
+        arch: a name (`'convnext_nano'`, `'torchvision:vit_b_16'`, `'fastai:xresnet18'`), builder or module.
+            It keeps its own architecture; only its classifier is replaced for `n_out` classes.
+        groups: `'stages'`, a number of groups, cut paths (`['layer2', 'fc']`), or a splitter function.
+        pretrained: `True` for the registry's weights, or a local weights file; then the model is frozen
+            (all but the head group) and, with `normalize`, the arch's mean/std are added to `dls`.
+        kwargs: `Learner` arguments (`metrics`, `opt_func`, `wd`, `cbs`, ...); the rest go to the arch builder
+            (`img_size`, `image_size`, `drop_path_rate`, ...).
+    """
+    from fastai.data.transforms import get_c
+    lkw, mkw = _split_kwargs(kwargs)
+    n_out = n_out or get_c(dls)
+    if not n_out: raise ValueError("n_out is not given and dls has no `c` or vocab to infer it from; pass n_out=")
+    model = build_model(arch, n_out, pretrained, **mkw)
+    if pretrained and normalize: _add_norm(dls, arch_stats(model))
+    learn = DiscriminativeLearner(dls, model, splitter=_splitter(groups), **lkw)
+    if pretrained: learn.freeze()
+    return learn
+
+
+def layer_decay(lr_max: float, n_groups: int, decay: float = 0.75) -> np.ndarray:
+    "Per-group learning rates: the head (last group) gets `lr_max`, each earlier group `decay` times the next"
+    if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or n_groups < 1:
+        raise ValueError(f"n_groups must be a positive int (e.g. len(learn.opt.param_lists)); got {n_groups!r}")
+    if not 0 < decay <= 1: raise ValueError(f"decay must be in (0, 1] (1 means one LR for all groups); got {decay}")
+    return lr_max * decay ** np.arange(n_groups - 1, -1, -1, dtype=float)
+
+# ---------------------------------------------------------------- show_groups / plot_groups
+
+
+@dataclass
+class GroupRow:
+    "One layer group as the optimizer sees it"
+    group: int
+    first: str
+    last: str
+    tensors: int
+    params: int
+    trainable: int
+    lr: float
+    wd: float
+    no_wd: int
+    frozen: bool
+
+
+def _module_of(name: str) -> str:
+    "The module holding parameter `name` (the parameter's own name when the root holds it)"
+    return name.rpartition('.')[0] or name
+
+
+def _group_rows(learn: Learner) -> list[GroupRow]:
+    if learn.opt is None: learn.create_opt()
+    opt, names = learn.opt, {id(p): n for n, p in unwrap(learn.model).named_parameters()}
+    rows = []
+    for i, (ps, h) in enumerate(zip(opt.param_lists, opt.hypers)):
+        ns = [names.get(id(p), '?') for p in ps]
+        rows.append(GroupRow(i, _module_of(ns[0]) if ns else '', _module_of(ns[-1]) if ns else '', len(ps),
+                             sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad),
+                             float(h.get('lr', float('nan'))), float(h.get('wd', 0.)),
+                             sum(not opt.state[p].get('do_wd', True) for p in ps), i < opt.frozen_idx))
+    return rows
+
+
+class GroupsReport(Report):
+    "A Learner's layer groups: module range, parameters, share, LR, frozen, weight decay"
+    title = 'Layer groups'
+
+    def __init__(self, rows: list[GroupRow]): self.rows = rows
+
+    @property
+    def total(self) -> int: return sum(r.params for r in self.rows)
+
+    def to_df(self):
+        import pandas as pd
+        tot = self.total or 1
+        return pd.DataFrame([dict(group=r.group, modules=f'{r.first} .. {r.last}' if r.first != r.last else r.first,
+                                  tensors=r.tensors, params=r.params, pct=round(100 * r.params / tot, 1), lr=r.lr,
+                                  frozen=r.frozen, trainable=r.trainable, wd=r.wd, no_wd_tensors=r.no_wd)
+                             for r in self.rows])
+
+    def to_text(self) -> str:
+        tot = self.total or 1
+        heads = ['Group', 'Modules', 'Tensors', 'Params', '% of total', 'LR', 'Frozen', 'Trainable', 'WD', 'No-WD tensors']
+        rows = [[r.group, r.first if r.first == r.last else f'{r.first} .. {r.last}', r.tensors, fmt_int(r.params),
+                 f'{100 * r.params / tot:.1f}%', f'{r.lr:.3g}', 'yes' if r.frozen else 'no', fmt_int(r.trainable),
+                 f'{r.wd:g}', f'{r.no_wd}/{r.tensors}'] for r in self.rows]
+        return f'{pretty_table(heads, rows)}\nTotal params: {fmt_int(self.total)} in {len(self.rows)} groups'
+
+
+@patch
+def show_groups(self: Learner) -> GroupsReport:
+    "A table of the optimizer's layer groups: module range, params, % of total, current LR, frozen, weight decay"
+    return GroupsReport(_group_rows(self))
+
+
+@patch
+def plot_groups(self: Learner, figsize=(8, 3)):
+    "A bar chart of parameters and learning rate per layer group; returns the matplotlib figure"
+    import matplotlib.pyplot as plt
+    rows = _group_rows(self)
+    fig, (a, b) = plt.subplots(1, 2, figsize=figsize)
+    x = [r.group for r in rows]
+    a.bar(x, [r.params for r in rows], color=['tab:gray' if r.frozen else 'tab:blue' for r in rows])
+    a.set(title='parameters (grey: frozen)', xlabel='group', yscale='log')
+    b.bar(x, [r.lr for r in rows], color='tab:orange')
+    b.set(title='learning rate', xlabel='group', yscale='log')
+    fig.tight_layout()
+    return fig
