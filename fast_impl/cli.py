@@ -163,8 +163,10 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `fast-impl`: bad input prints one line and exits with status 2"
+    import warnings
     from .resolve import UnknownArchError
     from .tree import _KeyError
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised inside fastai's import
     try: return run(sys.argv[1:] if argv is None else argv)
     except SystemExit as e: return int(e.code or 0)  # --help
     except (CliError, UnknownArchError, IndexError, _KeyError, KeyError, ValueError, TypeError, FileNotFoundError) as e:

@@ -1,0 +1,95 @@
+"Issue 7: every `fast-impl` command in a subprocess, as a user runs it; bad input exits 2 with one line."
+import pathlib, subprocess, sys
+
+import pytest
+
+GOLDEN = pathlib.Path(__file__).parent / 'golden'
+
+
+def cli(*args, ok=True, timeout=600):
+    r = subprocess.run([sys.executable, '-m', 'fast_impl.cli', *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout)
+    if ok: assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_summary_matches_seed_004():
+    out = cli('summary', 'torchvision:wide_resnet50_2').stdout
+    assert out.rstrip('\n') == (GOLDEN / 'seed004_wrn50.txt').read_text().rstrip('\n')
+    assert cli('summary', 'torchvision:wide_resnet50_2', 4).stdout == cli('summary', 'torchvision:wide_resnet50_2', 'layer1').stdout
+    verbose = cli('summary', 'fastai:xresnet18', '--verbose').stdout
+    assert verbose.rstrip('\n') == (GOLDEN / 'seed004_xresnet18_verbose.txt').read_text().rstrip('\n')
+
+
+def test_summary_does_not_import_fastai():
+    code = "import sys; from fast_impl.cli import main; main(['summary', 'resnet18']); print('fastai' in sys.modules)"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert r.stdout.split()[-1] == 'False' and '(fc)' in r.stdout
+
+
+def test_params_prints_seed_000_table():
+    out = cli('params', 'fast_impl:Plain18Layer').stdout
+    assert out.rstrip('\n') == (GOLDEN / 'seed000_plain18.txt').read_text().rstrip('\n')
+
+
+def test_layers_formats():
+    text = cli('layers', 'fast_impl:SimpleCNN', '--input', '1,3,32,32', '--depth', 2).stdout
+    assert '├─Conv2d (conv1)                         [3, 3]         [1, 32, 32, 32] 896            917,504' in text
+    md = cli('layers', 'fast_impl:SimpleCNN', '--input', '1,3,32,32', '--format', 'markdown').stdout
+    assert md.startswith('| ') and '917504' in md.replace(',', '')
+    csv = cli('layers', 'fast_impl:SimpleCNN', '--input', '1,3,32,32', '--format', 'csv').stdout
+    assert len(csv.strip().splitlines()) == 4 and 'conv1' in csv
+    assert cli('layers', 'fast_impl:SimpleCNN', '--input', '1,3,32,32', '--format', 'html').stdout.startswith('<')
+
+
+def test_compare_equal_budget():
+    out = cli('compare', 'fast_impl:Plain18Layer', 'fast_impl:Plain28Layer', '--input', '1,3,32,32').stdout
+    assert out.count('685,656') == 2
+
+
+def test_groups_with_lrs():
+    out = cli('groups', 'torchvision:resnet18', '--lr', '1e-5:1e-3').stdout
+    assert 'layer1' in out and 'fc' in out and '1e-05' in out and '0.001' in out
+    out = cli('groups', 'convnext_atto', '--n', 3, '--lr', '1e-3', '--decay', 0.5).stdout
+    assert '0.00025' in out and '0.001' in out
+    assert 'layer3' in cli('groups', 'torchvision:resnet18', '--at', 'layer2,layer4').stdout
+
+
+def test_train_on_an_image_folder(tmp_path):
+    from PIL import Image
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for split in ('train', 'valid'):
+        for c in ('a', 'b'):
+            (tmp_path / 'data' / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / 'data' / split / c / f'{i}.png')
+    out = cli('train', 'fast_impl:ResNet18', '--data', tmp_path / 'data', '--epochs', 1, '--size', 32,
+              '--out', tmp_path / 'out').stdout
+    assert '| fast_impl:ResNet18 |' in out
+    assert (tmp_path / 'out' / 'train_curves.png').stat().st_size > 1000
+    assert (tmp_path / 'out' / 'train_results.csv').read_text().startswith('arch,params')
+
+
+def test_every_command_has_help():
+    assert 'commands:' in cli('--help').stdout
+    for c in ['summary', 'layers', 'params', 'compare', 'groups', 'train', 'demo']:
+        assert f'usage: fast-impl {c}' in cli(c, '--help').stdout
+
+
+@pytest.mark.parametrize('args,msg', [
+    (['summary', 'resnt50'], "unknown arch 'resnt50'"),
+    (['summary', 'torchvision:resnet18', 12], 'index 12 is out of range'),
+    (['summary', 'torchvision:resnet18', 'layer9'], "no child named 'layer9'"),
+    (['layers', 'fast_impl:SimpleCNN', '--input', '1,3,x'], '--input must be comma-separated integers'),
+    (['layers', 'fast_impl:SimpleCNN', '--depth', 'q'], "invalid int value: 'q'"),
+    (['layers', 'fast_impl:SimpleCNN', '--format', 'pdf'], 'invalid choice'),
+    (['groups', 'torchvision:resnet18', '--n', 2, '--stages'], 'give one of --stages, --n N, --at PATHS'),
+    (['groups', 'torchvision:resnet18', '--lr', 'fast'], '--lr must be LO:HI or HI'),
+    (['train', 'fast_impl:ResNet18', '--data', '/nonexistent'], 'needs train/ and valid/ subfolders'),
+    (['frobnicate'], "unknown command 'frobnicate'"),
+])
+def test_bad_input_is_one_line_and_status_2(args, msg):
+    r = cli(*args, ok=False)
+    assert r.returncode == 2 and r.stdout == ''
+    assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
