@@ -56,7 +56,7 @@ def _splits(y, n_per_class, valid_pct, seed) -> tuple[list, list]:
 
 
 def digits_dls(classes: Iterable[int] | None = None, n_per_class: int | None = None, size: int = 32, bs: int = 32,
-               seed: int = 0, valid_pct: float = 0.2, n_channels: int = 3, **kwargs):
+               seed: int = 0, valid_pct: float = 0.2, n_channels: int = 3, num_workers: int = 0, **kwargs):
     """fastai `DataLoaders` of digits `classes` (vocab: the digits, so `dls.c == len(classes)`).
 
     Args:
@@ -64,6 +64,7 @@ def digits_dls(classes: Iterable[int] | None = None, n_per_class: int | None = N
         n_per_class: labelled training images per class (the rest form the validation set); `None`: split `valid_pct`.
         size: image side after upscaling the 8x8 digits.
         seed: picks the training images and seeds the shuffling.
+        num_workers: 0 (in memory, tiny): worker processes only add start-up time.
         kwargs: passed to `Datasets.dataloaders` (`after_batch`, `device`, ...).
     """
     from fastai.data.core import Datasets
@@ -72,7 +73,7 @@ def digits_dls(classes: Iterable[int] | None = None, n_per_class: int | None = N
     splits = _splits(y, n_per_class, valid_pct, seed)
     tfms = [[_ItemGetter(x, image=True)], [_ItemGetter(y), Categorize(vocab=_classes(classes))]]
     dsets = Datasets(range(len(y)), tfms=tfms, splits=splits)
-    dls = dsets.dataloaders(bs=bs, val_bs=max(bs, 64), **kwargs)
+    dls = dsets.dataloaders(bs=bs, val_bs=max(bs, 64), num_workers=num_workers, **kwargs)
     for dl in dls.loaders: dl.rng.seed(seed)
     return dls
 

@@ -231,7 +231,7 @@ def layer_decay(lr_max: float, n_groups: int, decay: float = 0.75) -> np.ndarray
 
 
 @dataclass
-class GroupRow:
+class LearnerGroup:
     "One layer group as the optimizer sees it"
     group: int
     first: str
@@ -250,13 +250,13 @@ def _module_of(name: str) -> str:
     return name.rpartition('.')[0] or name
 
 
-def _group_rows(learn: Learner) -> list[GroupRow]:
+def _group_rows(learn: Learner) -> list[LearnerGroup]:
     if learn.opt is None: learn.create_opt()
     opt, names = learn.opt, {id(p): n for n, p in unwrap(learn.model).named_parameters()}
     rows = []
     for i, (ps, h) in enumerate(zip(opt.param_lists, opt.hypers)):
         ns = [names.get(id(p), '?') for p in ps]
-        rows.append(GroupRow(i, _module_of(ns[0]) if ns else '', _module_of(ns[-1]) if ns else '', len(ps),
+        rows.append(LearnerGroup(i, _module_of(ns[0]) if ns else '', _module_of(ns[-1]) if ns else '', len(ps),
                              sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad),
                              float(h.get('lr', float('nan'))), float(h.get('wd', 0.)),
                              sum(not opt.state[p].get('do_wd', True) for p in ps), i < opt.frozen_idx))
@@ -267,7 +267,7 @@ class GroupsReport(Report):
     "A Learner's layer groups: module range, parameters, share, LR, frozen, weight decay"
     title = 'Layer groups'
 
-    def __init__(self, rows: list[GroupRow]): self.rows = rows
+    def __init__(self, rows: list[LearnerGroup]): self.rows = rows
 
     @property
     def total(self) -> int: return sum(r.params for r in self.rows)

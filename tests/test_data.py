@@ -1,0 +1,54 @@
+"scikit-learn digits as tensors and fastai DataLoaders: shapes, class picks, per-class counts, seeds, errors."
+from __future__ import annotations
+
+import subprocess, sys
+
+import numpy as np
+import pytest
+import torch
+
+from fast_impl.data import digits_dls, digits_images, pick_per_class
+
+
+def test_images():
+    x, y = digits_images(range(5), size=32)
+    assert x.shape == (len(y), 3, 32, 32) and x.dtype == torch.float32
+    assert 0 <= x.min() and x.max() <= 1 and sorted(set(y.tolist())) == [0, 1, 2, 3, 4]
+    assert torch.equal(x[:, 0], x[:, 2])  # grey, repeated over channels
+    x8, y8 = digits_images([7], size=8, n_channels=1)
+    assert x8.shape[1:] == (1, 8, 8) and set(y8.tolist()) == {7}
+
+
+def test_dls_few_per_class():
+    dls = digits_dls([5, 6, 7, 8, 9], n_per_class=10, bs=16, seed=3)
+    assert dls.c == 5 and list(dls.vocab) == [5, 6, 7, 8, 9]
+    ys = [int(y) for _, y in dls.train_ds]
+    assert len(ys) == 50 and np.bincount(ys).tolist() == [10] * 5
+    _, yall = digits_images([5, 6, 7, 8, 9])
+    assert len(dls.valid_ds) == len(yall) - 50
+    xb, yb = dls.one_batch()
+    assert xb.shape == (16, 3, 32, 32) and type(xb).__name__ == 'TensorImage' and yb.max() < 5
+
+
+def test_seeds():
+    _, y = digits_images(range(10))
+    a, b, c = (pick_per_class(y, 5, s) for s in (0, 0, 1))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.bincount(y[a].numpy()).tolist() == [5] * 10
+
+
+def test_random_split():
+    dls = digits_dls(range(3), valid_pct=0.25, bs=8)
+    n = len(digits_images(range(3))[1])
+    assert len(dls.valid_ds) == round(0.25 * n) and len(dls.train_ds) + len(dls.valid_ds) == n
+
+
+def test_errors():
+    with pytest.raises(ValueError, match='digits 0-9'): digits_dls([3, 12])
+    with pytest.raises(ValueError, match='n_per_class'): digits_dls([1], n_per_class=1000)
+    with pytest.raises(ValueError, match='size'): digits_images(size=4)
+
+
+def test_import_has_no_fastai():
+    code = "import sys, fast_impl.data; assert 'fastai' not in sys.modules, 'fastai imported'"
+    subprocess.run([sys.executable, '-c', code], check=True)
