@@ -351,16 +351,38 @@ def _generic_blocks(body: nn.Module, headless: bool) -> list[Block]:
     node, stem, tail = _descend(tree)
     kstem, stages, ktail = _stages_at(tree, node)
     stem, tail = stem + kstem, ktail + tail
+    late = _late(tail, heads, list(w))
+    tail = [t for t in tail if t not in late]
     mods = [[stem]] if stem else []
     mods += [_stage_blocks(tree, s) for s in stages]
     if tail: mods[-1] = mods[-1][:-1] + [mods[-1][-1] + tail] if mods else [tail]
     blocks = [Block([], b, 'stem' if stem and i == 0 else 'body', i) for i, st in enumerate(mods) for b in st]
-    if heads: blocks.append(Block([], heads, 'head', len(mods)))
-    return _fill(blocks, w, body)
+    if heads: blocks.append(Block([], heads + late, 'head', len(mods)))
+    return _after_head(_fill(blocks, w, body), list(w))
+
+
+def _late(mods: list[str], heads: list[str], names: list[str]) -> list[str]:
+    "Those of `mods` defined after the head (a final norm): they run after the classifier"
+    if not heads: return []
+    first = lambda m: next((i for i, n in enumerate(names) if _under(n, m)), -1)
+    start = min(first(h) for h in heads)
+    return [m for m in mods if first(m) > start]
+
+
+def _after_head(blocks: list[Block], names: list[str]) -> list[Block]:
+    "Blocks defined after the classifier (a final norm) run after it: they join the head"
+    heads = [b for b in blocks if b.role == 'head']
+    if not heads: return blocks
+    at = {n: i for i, n in enumerate(names)}
+    start = min(at[p] for b in heads for p in b.params)
+    late = [b for b in blocks if b.role != 'head' and min(at[p] for p in b.params) > start]
+    if late: heads[0].params += [p for b in late for p in b.params]; heads[0].modules += [m for b in late for m in b.modules]
+    return [b for b in blocks if all(b is not x for x in late)]
 
 
 def _fill(blocks: list[Block], w: dict[str, int], body: nn.Module) -> list[Block]:
     "Give each block the parameters under its modules; direct parameters of modules above them go to the stem"
+    if not blocks: blocks = [Block([], [''], 'body', 0)]
     where = {m: b for b in blocks for m in b.modules}
     for n in w:
         parts, b = n.split('.'), None
@@ -373,10 +395,11 @@ def _fill(blocks: list[Block], w: dict[str, int], body: nn.Module) -> list[Block
 
 
 def _ancestor_block(name: str, blocks: list[Block]) -> Block:
-    "Block for a parameter held above every block (cls_token, pos_embed): the first block under its owner, or the last one for scales"
+    "Block for a parameter held above the blocks: with the first block under its owner (cls_token), the last for a scale"
     owner = _owner(name)
-    under = [b for b in blocks if any(_under(m, owner) for m in b.modules) and b.role != 'head'] or blocks
-    return under[-1] if _LATE.search(name.rpartition('.')[2]) else under[0]
+    under = [b for b in blocks if any(_under(m, owner) for m in b.modules)] or blocks
+    if _LATE.search(name.rpartition('.')[2]): return under[-1]
+    return next((b for b in under if b.role != 'head'), under[0])
 
 
 # ---------------------------------------------------------------- plans and groups

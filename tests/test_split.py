@@ -1,0 +1,289 @@
+"Layer-group splitters: partition, forward order and head-last guarantees, on tiny models, random trees and a registry sample."
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+from torch import nn
+
+from fast_impl import models
+from fast_impl.resolve import resolve
+from fast_impl.split import (GroupError, at_splitter, check_groups, first_use_order, group_names, group_table,
+                             n_splitter, order_violations, plan, split_at, split_n, split_stages, splitter,
+                             stage_blocks, stage_splitter)
+
+
+def _ids(groups): return [id(p) for g in groups for p in g]
+def _has(group, p) -> bool: return any(q is p for q in group)
+def _same(a, b) -> bool: return [id(p) for p in a] == [id(p) for p in b]
+
+
+def assert_partition(model, groups):
+    "Every parameter of `model` exactly once, no empty group"
+    check_groups(model, groups)
+    assert sorted(_ids(groups)) == sorted(id(p) for p in model.parameters())
+    assert all(groups)
+
+
+def assert_order(model, groups, input_size=None):
+    assert order_violations(model, groups, input_size=input_size) == []
+
+
+def assert_head_last(model, groups, head: nn.Module):
+    assert {id(p) for p in head.parameters()} <= {id(p) for p in groups[-1]}
+
+
+# ---------------------------------------------------------------- tiny models
+
+class Tied(nn.Module):
+    "An embedding tied to its decoder, a root token and a frozen layer"
+    def __init__(self):
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 8))
+        self.emb = nn.Linear(4, 8)
+        self.body = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(4)])
+        self.frozen = nn.Linear(8, 8).requires_grad_(False)
+        self.out = nn.Linear(8, 8)
+        self.dec = nn.Linear(8, 8)
+        self.dec.weight = self.out.weight
+
+    def forward(self, x): return self.dec(self.out(self.frozen(self.body(self.emb(x) + self.token))))
+
+
+@pytest.mark.parametrize('split', [split_stages, lambda m: split_n(m, 3), lambda m: split_at(m, ['body.2', 'out'])])
+def test_partition_tied_root_frozen(split):
+    m = Tied()
+    gs = split(m)
+    assert_partition(m, gs)
+    assert_order(m, gs, (2, 4))
+    assert _has(gs[0], m.token) and _has(gs[-1], m.dec.bias) and _has([p for g in gs for p in g], m.frozen.weight)
+
+
+def test_resnet18_stages(golden):
+    m = resolve('torchvision:resnet18')
+    gs = split_stages(m)
+    assert [g[0] for g in stage_blocks(m)] == ['conv1', 'layer1.0', 'layer2.0', 'layer3.0', 'layer4.0', 'fc']
+    assert_partition(m, gs); assert_order(m, gs); assert_head_last(m, gs, m.fc)
+    golden('groups_resnet18', str(group_table(m, gs)))
+
+
+def test_vit_tokens_in_stem(golden):
+    m = resolve('torchvision:vit_b_16')
+    gs = split_stages(m)
+    assert len(gs) == 14 and _has(gs[0], m.class_token) and _has(gs[1], m.encoder.pos_embedding)  # with the block that uses it
+    assert_partition(m, gs); assert_order(m, gs); assert_head_last(m, gs, m.heads)
+    golden('groups_vit_b_16', str(group_table(m, gs)))
+
+
+def test_timm_matcher_and_names(golden):
+    m = resolve('convnext_tiny')
+    p = plan(m)
+    assert p.strategy == 'timm'
+    gs = split_stages(m)
+    assert len(gs) == 6 and group_names(m, gs)[-1] == ['head.norm.weight', 'head.norm.bias', 'head.fc.weight', 'head.fc.bias']
+    golden('groups_convnext_tiny', str(group_table(m, gs)))
+
+
+def test_vgg_matcher_rejected():
+    "timm's VGG matcher puts 93% in the head: the generic detection cuts the features at their pools instead"
+    m = resolve('vgg16')
+    assert plan(m).strategy == 'generic'
+    gs = split_stages(m)
+    assert len(gs) == 7 and _same(gs[-1], m.head.parameters())
+
+
+def test_seeds():
+    with torch.device('meta'): ms = [models.Plain18Layer(), models.Plain28Layer(), models.AlexNet(), models.ResNet18(), models.VGG(11)]
+    for m in ms:
+        gs = split_stages(m)
+        assert_partition(m, gs)
+        assert len(gs) >= 3, type(m).__name__
+    m = models.Plain18Layer(n_out=10)
+    gs = split_stages(m)
+    assert_head_last(m, gs, m[-1]); assert_order(m, gs, (1, 3, 32, 32))
+
+
+# ---------------------------------------------------------------- split_n, split_at, errors
+
+def test_split_n_balanced():
+    m = resolve('torchvision:resnet50')
+    gs = split_n(m, 4)
+    sizes = [sum(p.numel() for p in g) for g in gs]
+    assert len(gs) == 4 and max(sizes) < .4 * sum(sizes) and _same(gs[-1], m.fc.parameters())
+    assert_order(m, gs)
+    assert len(split_n(m, 1)) == 1
+
+
+def test_split_n_fewer_blocks_warns():
+    m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    with pytest.warns(UserWarning, match='instead of 10'): gs = split_n(m, 10)
+    assert_partition(m, gs)
+
+
+@pytest.mark.parametrize('n', [0, -1, 2.5, True, '3'])
+def test_split_n_bad(n):
+    with pytest.raises(ValueError, match='n must be'): split_n(models.Plain18Layer(), n)
+
+
+def test_split_at_paths():
+    m = resolve('torchvision:resnet18')
+    by_name = split_at(m, ['layer2', 'layer4'])
+    assert [len(g) for g in by_name] == [len(g) for g in split_at(m, [[5], [7]])]
+    assert len(by_name) == 3 and by_name[1][0] is m.layer2[0].conv1.weight
+    assert len(split_at(m, 'layer3')) == 2 and len(split_at(m, [6])) == 2 and len(split_at(m, [4, 1])) == 2
+
+
+def test_split_at_errors():
+    m = resolve('torchvision:resnet18')
+    with pytest.raises(KeyError, match='valid children of ResNet: .*layer1'): split_at(m, 'layer9')
+    with pytest.raises(IndexError, match='out of range'): split_at(m, [[99]])
+    with pytest.raises(GroupError, match='empty'): split_at(m, ['conv1'])
+    with pytest.raises(ValueError, match='at least one cut'): split_at(m, [])
+
+
+def test_check_groups_names_problems():
+    m = resolve('torchvision:resnet18')
+    gs = split_stages(m)
+    with pytest.raises(GroupError, match=r'missing parameters \(2\): fc.weight, fc.bias'): check_groups(m, gs[:-1])
+    with pytest.raises(GroupError, match=r'duplicated parameters \(1\): conv1.weight'): check_groups(m, gs + [[m.conv1.weight]])
+    with pytest.raises(GroupError, match='empty groups'): check_groups(m, gs + [[]])
+    with pytest.raises(GroupError, match='not parameters of the model'): check_groups(m, gs + [[nn.Parameter(torch.zeros(2))]])
+
+
+def test_group_table_formats():
+    m = resolve('torchvision:resnet18')
+    t = group_table(m, split_stages(m))
+    df = t.to_df()
+    assert list(df.columns) == ['group', 'first', 'last', 'tensors', 'params', 'pct', 'trainable']
+    assert df.params.sum() == sum(p.numel() for p in m.parameters()) and abs(df.pct.sum() - 100) < .1
+    assert df['first'].iloc[-1] == 'fc' and '<table>' in t._repr_html_() and '| group |' in t.to_markdown()
+
+
+# ---------------------------------------------------------------- wrappers and fastai
+
+def test_wrappers():
+    m = resolve('torchvision:resnet18')
+    want = [len(g) for g in split_stages(m)]
+    for w in (nn.DataParallel(m), torch.compile(m)):
+        assert [len(g) for g in split_stages(w)] == want
+        assert [len(g) for g in splitter('stages')(w)] == want
+        assert len(n_splitter(3)(w)) == 3 and len(at_splitter('layer3')(w)) == 2
+
+
+def _fastai():
+    warnings.simplefilter('ignore')
+    return pytest.importorskip('fastai.vision.learner')
+
+
+def test_fastai_timm_body():
+    fl = _fastai()
+    with torch.device('meta'): m, _ = fl.create_timm_model('convnext_tiny', 10, pretrained=False)
+    gs = split_stages(m)
+    assert len(gs) == 6 and stage_blocks(m)[1][0].startswith('0.model.stages.0')
+    assert_partition(m, gs); assert_head_last(m, gs, m[1]); assert_order(m, gs)
+    gs4 = stage_splitter()(m), split_n(m, 4), split_at(m, 'stages.2'), split_at(m, '0.model.stages.2')
+    for g in gs4: assert_partition(m, g)
+    assert [len(g) for g in gs4[2]] == [len(g) for g in gs4[3]]
+
+
+def test_fastai_cut_torchvision_body():
+    fl = _fastai()
+    import torchvision
+    with torch.device('meta'): m = fl.create_vision_model(torchvision.models.resnet34, 10, pretrained=False)
+    gs = split_stages(m)
+    assert len(gs) == 6 and _same(gs[-1], m[1].parameters())
+    assert_partition(m, gs); assert_order(m, gs)
+    assert len(split_n(m, 4)) == 4 and _same(split_n(m, 4)[-1], m[1].parameters())
+
+
+def test_splitter_bad_input():
+    with pytest.raises(ValueError, match="'stages', a number of groups"): splitter(3.5)
+    with pytest.raises(ValueError, match='n must be'): n_splitter(0)
+
+
+# ---------------------------------------------------------------- random module trees (hypothesis)
+
+D = 4
+
+
+class Node(nn.Module):
+    "A custom module running its children in order; a `token` used first and a `gamma` used last, when it has them"
+    def __init__(self, kids, token=False, gamma=False):
+        super().__init__()
+        self.kids = nn.ModuleList(kids)
+        if token: self.token = nn.Parameter(torch.zeros(D))
+        if gamma: self.gamma = nn.Parameter(torch.ones(D))
+
+    def forward(self, x):
+        if hasattr(self, 'token'): x = x + self.token
+        for k in self.kids: x = k(x)
+        return x * self.gamma if hasattr(self, 'gamma') else x
+
+
+def _tree(draw, depth, shared):
+    leaf = st.sampled_from(['linear', 'norm', 'relu', 'shared'] if shared else ['linear', 'norm', 'relu'])
+    if depth == 0 or draw(st.integers(0, 3)) == 0:
+        kind = draw(leaf)
+        if kind == 'shared': return shared[draw(st.integers(0, len(shared) - 1))]
+        return {'linear': lambda: nn.Linear(D, D), 'norm': lambda: nn.LayerNorm(D), 'relu': nn.ReLU}[kind]()
+    kids = [_tree(draw, depth - 1, shared) for _ in range(draw(st.integers(1, 4)))]
+    kind = draw(st.sampled_from(['seq', 'node', 'node']))
+    if kind == 'seq': return nn.Sequential(*kids)
+    return Node(kids, draw(st.booleans()), draw(st.booleans()))
+
+
+@st.composite
+def trees(draw):
+    shared = [nn.Linear(D, D)] if draw(st.booleans()) else []
+    root = Node([_tree(draw, 3, shared) for _ in range(draw(st.integers(1, 5)))], draw(st.booleans()), draw(st.booleans()))
+    if draw(st.booleans()): root.kids.append(nn.Linear(D, D))  # a classifier
+    if not any(True for _ in root.parameters()): root.kids.append(nn.Linear(D, D))
+    for p in root.parameters():
+        if draw(st.integers(0, 4)) == 0: p.requires_grad_(False)
+    return root
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trees(), st.integers(1, 6))
+def test_random_trees_partition_and_order(m, n):
+    order = first_use_order(m, (2, D))
+    for gs in (split_stages(m), split_n(m, n) if n > 1 else split_stages(m)):
+        assert_partition(m, gs)
+        assert order_violations(m, gs, order) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        gs = split_n(m, n)
+    assert_partition(m, gs)
+    assert len(gs) <= n and order_violations(m, gs, order) == []
+
+
+# ---------------------------------------------------------------- a fixed registry sample
+
+def _sample() -> list[str]:
+    "One timm model per family (its shortest name), and every torchvision classifier"
+    import timm, torchvision
+    fams = [f'timm:{min(timm.list_models(module=mod), key=lambda n: (len(n), n))}' for mod in timm.list_modules()
+            if timm.list_models(module=mod)]
+    return fams + [f'torchvision:{n}' for n in torchvision.models.list_models(module=torchvision.models)]
+
+
+KNOWN_ORDER = {'timm:cait_s24_224', 'timm:cait_xxs24_224'}  # class token used after the blocks: timm's matcher puts it in the stem
+
+
+@pytest.mark.parametrize('name', _sample())
+def test_registry_sample(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        m = resolve(name)
+    if not all(p.is_meta for p in m.parameters()): m = m.to('meta')
+    gs, g4 = split_stages(m), split_n(m, 4)
+    assert_partition(m, gs); assert_partition(m, g4)
+    assert len(gs) >= 2 and len(g4) == min(4, len(g4))
+    p = plan(m)
+    assert _same(g4[-1], gs[-1]) or not p.head  # the head is the last group of both
+    try: order = first_use_order(m)
+    except Exception as e: pytest.skip(f'forward pass on meta fails: {type(e).__name__}')
+    if name in KNOWN_ORDER: pytest.xfail('known order violation')
+    assert order_violations(m, gs, order) == [] and order_violations(m, g4, order) == []
