@@ -1,7 +1,7 @@
 "Layer summaries (seed 001) and architecture comparisons (seeds 000, 001) from one forward pass on the meta device."
 from __future__ import annotations
 
-__all__ = ['CONVENTION', 'DEPTH_RULE', 'Column', 'ForwardError', 'LayerRow', 'LayerSummary', 'layer_summary',
+__all__ = ['CONVENTION', 'DEPTH_RULE', 'LAYERS_RULE', 'Column', 'ForwardError', 'LayerRow', 'LayerSummary', 'layer_summary',
            'ArchRecord', 'Comparison', 'compare_archs']
 
 import copy, enum, functools, math, warnings
@@ -24,10 +24,10 @@ from .tree import num_params, unwrap, walk
 CONVENTION = ('mult-adds: one per multiply-accumulate of conv, linear, matmul and attention '
               '(torch.utils.flop_counter FLOPs / 2), plus one per bias element added by a conv or linear')
 DEPTH_RULE = 'depth: most mult-add ops (conv, linear, matmul, attention) on one path from input to output'
+LAYERS_RULE = 'weight layers: conv/linear ops run with a weight of the model (each call; functional ones included)'
 
 aten = torch.ops.aten
 _BIAS_ARG = {aten.convolution: 2, aten._convolution: 2, aten.addmm: 0}  # op -> position of its bias argument
-_WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 class ForwardError(RuntimeError):
@@ -55,13 +55,14 @@ SEED_COLUMNS = ('kernel_size', 'output_size', 'num_params', 'mult_adds')
 # ---------------------------------------------------------------- collect: one forward pass
 
 class _OpCounter(TorchDispatchMode):
-    "Adds each op's mult-adds to the innermost running module (`stack[-1]`); optionally the longest mult-add path"
+    """Adds each op's mult-adds to the innermost running module (`stack[-1]`); given the model's parameter ids
+    `params`, also tracks the longest chain of counted ops and the number of counted ops that use a weight"""
     _whole: set = set()  # ops without a formula whose decomposition (if any) holds no counted op: run them whole
 
-    def __init__(self, stack: list, track_depth: bool = False):
+    def __init__(self, stack: list, params: set | None = None):
         super().__init__()
-        self.stack, self.macs, self.counted = stack, defaultdict(int), 0
-        self.depth = WeakTensorKeyDictionary() if track_depth else None
+        self.stack, self.macs, self.counted, self.params, self.weight_ops = stack, defaultdict(int), 0, params, 0
+        self.depth = WeakTensorKeyDictionary() if params is not None else None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -78,7 +79,11 @@ class _OpCounter(TorchDispatchMode):
         if self.depth is not None: self._track(formula is not None, out, (args, kwargs))
         return out
 
+    def _uses_weight(self, args) -> bool:
+        return any(isinstance(a, torch.Tensor) and (id(a) in self.params or id(a._base) in self.params) for a in args)
+
     def _track(self, counted: bool, out, ins):
+        if counted and self._uses_weight(ins[0]): self.weight_ops += 1
         d = max((self.depth.get(t, 0) for t in tree_leaves(ins) if isinstance(t, torch.Tensor)), default=0) + counted
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor): self.depth[t] = max(d, self.depth.get(t, 0))
@@ -154,19 +159,22 @@ class _Pass:
     inputs: list
     outputs: list
     depth: int = 0
+    weight_ops: int = 0
 
 
-def _forward(model: nn.Module, inputs: tuple, device: torch.device, track_depth: bool = False) -> _Pass:
-    "Run `model` once on `inputs` (args, kwargs), counting mult-adds per module; errors name the failing module"
+def _forward(model: nn.Module, inputs: tuple, device: torch.device, structure: bool = False) -> _Pass:
+    """Run `model` once on `inputs` (args, kwargs), counting mult-adds per module (and depth, weight layers when
+    `structure`); errors name the failing module"""
     args, kwargs = inputs
     stack, traces = [model], {}
-    counter = _OpCounter(stack, track_depth)
+    counter = _OpCounter(stack, {id(q) for q in model.parameters()} if structure else None)
     try:
         with _eval_mode(model), _hooked(model, stack, traces), torch.no_grad(), counter:
             out = model(*args, **kwargs)
     except Exception as e:
         raise _forward_error(e, model, stack[-1], device) from e
-    return _Pass(model, str(device), traces, dict(counter.macs), _shapes(inputs), _shapes(out), counter.longest(out))
+    return _Pass(model, str(device), traces, dict(counter.macs), _shapes(inputs), _shapes(out), counter.longest(out),
+                 counter.weight_ops)
 
 
 def _forward_error(e: Exception, model: nn.Module, where: nn.Module, device) -> ForwardError:
@@ -270,18 +278,18 @@ def _meta_only(e: BaseException | None) -> bool:
     return isinstance(e, NotImplementedError) or any(s in msg for s in ('meta', 'data-dependent', 'data dependent'))
 
 
-def _run(arch, input_size, input_data, device, dtype, kwargs: dict, track_depth: bool = False) -> _Pass:
+def _run(arch, input_size, input_data, device, dtype, kwargs: dict, structure: bool = False) -> _Pass:
     "One counted forward pass of `arch` on `device`; on meta, falls back to the CPU when the model needs real data"
     dev = _check_device(device)
     inputs = _inputs(input_size, input_data, dtype, dev)
     model = _prepare(arch, dev, kwargs)
-    try: return _forward(model, inputs, dev, track_depth)
+    try: return _forward(model, inputs, dev, structure)
     except ForwardError as e:
         if dev.type != 'meta' or not _meta_only(e.__cause__): raise
         warnings.warn(f"{arch_name(arch)} cannot run on the meta device ({e}); ran on the CPU with real weights",
                       stacklevel=3)
     cpu = torch.device('cpu')
-    return _forward(_cpu_model(arch, kwargs), _inputs(input_size, input_data, dtype, cpu), cpu, track_depth)
+    return _forward(_cpu_model(arch, kwargs), _inputs(input_size, input_data, dtype, cpu), cpu, structure)
 
 
 # ---------------------------------------------------------------- compute: rows without double counting
@@ -474,7 +482,7 @@ class ArchRecord:
     trainable: int
     macs: int
     depth: int                  # see DEPTH_RULE
-    weight_layers: int          # conv and linear module calls in the forward pass
+    weight_layers: int          # see LAYERS_RULE
     output_shapes: list[list[int]]
     stage_params: list[int]     # parameters per stage, stem first
     stages_by: str              # 'split_stages' or 'children' (the fallback)
@@ -516,7 +524,7 @@ class Comparison(Report):
         devices = sorted({r.device for r in self.records})
         by = sorted({r.stages_by for r in self.records})
         notes = [f'Δ: change against {self.records[0].name}', DEPTH_RULE.capitalize(),
-                 'Weight layers: conv and linear module calls', f'Params per stage: from {" / ".join(by)}',
+                 LAYERS_RULE.capitalize(), f'Params per stage: from {" / ".join(by)}',
                  f'Convention: {CONVENTION}', f'Forward pass on: {", ".join(devices)}']
         return self._text_df().to_string(index=False) + '\n' + '\n'.join(notes)
 
@@ -555,10 +563,9 @@ def _named(archs) -> list[tuple[str, object]]:
 
 
 def _record(name: str, arch, input_size, device, input_data, dtype) -> ArchRecord:
-    p = _run(arch, input_size, input_data, device, dtype, {}, track_depth=True)
-    layers = sum(t.calls for m, t in p.traces.items() if isinstance(m, _WEIGHT_LAYERS))
+    p = _run(arch, input_size, input_data, device, dtype, {}, structure=True)
     stages, by = _stage_params(p.model)
-    return ArchRecord(name, num_params(p.model), num_params(p.model, True), sum(p.macs.values()), p.depth, layers,
+    return ArchRecord(name, num_params(p.model), num_params(p.model, True), sum(p.macs.values()), p.depth, p.weight_ops,
                       p.outputs, stages, by, p.device)
 
 

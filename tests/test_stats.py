@@ -150,7 +150,7 @@ def test_column_sums_equal_totals(name, depth):
     assert sum(r.macs for r in s.rows) == s.total_mult_adds
     assert s.rows[0].total_macs == s.total_mult_adds and s.rows[0].total_params == s.total_params
     for r in s.rows:  # a collapsed row or a leaf shows its whole subtree
-        if not r.expanded: assert (r.macs, r.params) == (r.total_macs, r.total_params) or r.calls != 1
+        if not r.expanded: assert (r.macs, r.params) == (r.total_macs, r.total_params)
 
 
 @pytest.mark.parametrize('name', list(MODELS))
@@ -355,6 +355,8 @@ def test_compare_names_and_changes():
     assert list(df.arch) == ['resnet18', 'resnet34', 'vit_b_16']
     assert df.params_change[1] == pytest.approx(21_797_672 / 11_689_512 - 1)
     assert all(len(s) >= 2 for s in df.stage_params)
+    assert list(df.depth) == [18, 34, 74]  # vit_b_16: 12 x (qkv, q@k, attn@v, out, mlp 2) + patch conv + head
+    assert list(df.weight_layers) == [21, 37, 50]  # nn.MultiheadAttention's functional projections included
     assert c.to_markdown().startswith('| arch |')
 
 
