@@ -120,8 +120,9 @@ def report(results: dict, total_s: float, repeat: int, slow_s: float, load: str)
     head = ['# layer_summary vs torchinfo', '',
             f'Measured {time.strftime("%Y-%m-%d %H:%M")} in one run of `bench/summary_bench.py` ({total_s:.0f} s).',
             f'Machine: {_machine()}. Other processes (other engineers\' test runs) may have been running at the '
-            f'same time (1-minute load average {load}), so wall times are indicative. Each cell is the fastest of {repeat} runs, each in a fresh '
-            f'process, rounds interleaved (cells slower than {slow_s:.0f} s: one run).', '',
+            f'same time (1-minute load average {load}), so wall times are indicative. Each cell is the fastest '
+            f'of {repeat} runs, each in a fresh process, rounds interleaved (cells slower than {slow_s:.0f} s: '
+            'one run).', '',
             'Input (1, 3, 224, 224), depth 3. Wall time covers building the model and summarising it (imports '
             'excluded). Peak RSS is the process peak above its peak right after the imports. `torchinfo` is '
             '`summary(model, device=cpu)` on a model built with real weights (its default); `torchinfo_meta` builds '
@@ -133,7 +134,8 @@ def report(results: dict, total_s: float, repeat: int, slow_s: float, load: str)
     ratios = ['', '## Ratios (torchinfo / layer_summary)', '',
               'Targets: on models of 80M+ parameters at least 10x faster and 10x less memory than torchinfo\'s '
               'default; no slower than torchinfo on meta; total mult-adds within 0.5% of the flop counter.', '',
-              '| model | params | time vs torchinfo | memory vs torchinfo | time vs torchinfo meta | mult-adds within 0.5% |',
+              '| model | params | time vs torchinfo | memory vs torchinfo | time vs torchinfo meta '
+              '| mult-adds within 0.5% |',
               '| --- | ---: | ---: | ---: | ---: | --- |', *(_ratio_row(n, r) for n, r in results.items())]
     return '\n'.join(head + rows + ratios) + '\n'
 

@@ -1,8 +1,8 @@
 "Layer summaries (seed 001) and architecture comparisons (seeds 000, 001) from one forward pass on the meta device."
 from __future__ import annotations
 
-__all__ = ['CONVENTION', 'DEPTH_RULE', 'LAYERS_RULE', 'Column', 'ForwardError', 'LayerRow', 'LayerSummary', 'layer_summary',
-           'ArchRecord', 'Comparison', 'compare_archs']
+__all__ = ['CONVENTION', 'DEPTH_RULE', 'LAYERS_RULE', 'Column', 'ForwardError', 'LayerRow', 'LayerSummary',
+           'layer_summary', 'ArchRecord', 'Comparison', 'compare_archs']
 
 import copy, enum, functools, math, warnings
 from collections import defaultdict
@@ -132,7 +132,8 @@ def _hooked(model: nn.Module, stack: list, traces: dict):
     handles = []
     try:
         for m in model.modules():
-            handles += [m.register_forward_pre_hook(pre, with_kwargs=True), m.register_forward_hook(post, with_kwargs=True)]
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(post, with_kwargs=True))
         yield
     finally:
         for h in handles: h.remove()
@@ -208,7 +209,8 @@ def _move(x, device: torch.device):
     "Tensor `x` on `device` (a meta tensor becomes random/zero data of its shape); anything else as is"
     if not isinstance(x, torch.Tensor) or x.device == device: return x
     if x.is_meta and device.type != 'meta':
-        return torch.randn(x.shape, dtype=x.dtype, device=device) if x.is_floating_point() else torch.zeros_like(x, device=device)
+        if x.is_floating_point(): return torch.randn(x.shape, dtype=x.dtype, device=device)
+        return torch.zeros_like(x, device=device)
     return x.to(device)
 
 
@@ -231,7 +233,7 @@ def _is_on(model: nn.Module, device: torch.device) -> bool:
 
 
 def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
-    "A deep copy of `model` on `device`, tied weights kept tied; weights are not copied where they are first"
+    "A deep copy of `model` on `device`, tied weights kept tied; each tensor goes straight to `device` (no CPU copy)"
     memo = {}
     for t in _tensors(model):
         moved = t.detach().to(device)
@@ -296,7 +298,7 @@ def _run(arch, input_size, input_data, device, dtype, kwargs: dict, structure: b
 
 @dataclass
 class LayerRow:
-    "One module in a `layer_summary`: `params`, `trainable`, `macs` as shown (no double counting), `total_*` of its subtree"
+    "One module in a `layer_summary`: `params`, `trainable`, `macs` as shown (no double counting); `total_*`: subtree"
     name: str                       # dotted name, '' for the root
     path: tuple[int, ...]           # index path from the root
     cls: str
