@@ -343,13 +343,12 @@ def _rows(p: _Pass, depth: int | None) -> list[LayerRow]:
     "One `LayerRow` per module down to `depth`; each parameter and each module's ops shown in exactly one row"
     seen_p, seen_m, rows = set(), set(), []
     for node in walk(p.model, depth):
-        m, tr = node.module, p.traces.get(node.module, _Trace())
-        expanded = (depth is None or node.depth < depth) and any(True for _ in m.children())
+        m, tr, sub = node.module, p.traces.get(node.module, _Trace()), list(node.module.modules())
+        expanded = (depth is None or node.depth < depth) and len(sub) > 1
         params, trainable = _count_new(m.parameters(recurse=not expanded), seen_p, lambda q: q.numel())
-        macs, _ = _count_new([m] if expanded else m.modules(), seen_m, lambda x: p.macs.get(x, 0))
+        macs, _ = _count_new([m] if expanded else sub, seen_m, lambda x: p.macs.get(x, 0))
         rows.append(LayerRow(node.name, node.path, type(m).__name__, _kernel(m), tr.inputs, tr.outputs, params,
-                             trainable, macs, num_params(m), sum(p.macs.get(x, 0) for x in m.modules()), expanded,
-                             tr.calls))
+                             trainable, macs, num_params(m), sum(p.macs.get(x, 0) for x in sub), expanded, tr.calls))
     return rows
 
 
