@@ -1,7 +1,7 @@
 "fastai integration (the only module importing fastai): discriminative Learners, layer decay, norm/weight-decay policy, group reports."
 from __future__ import annotations
 
-__all__ = ['discriminative_learner', 'DiscriminativeLearner', 'build_model', 'classifier_name', 'set_classifier',
+__all__ = ['discriminative_learner', 'DiscriminativeLearner', 'GroupSplitter', 'build_model', 'classifier_name', 'set_classifier',
            'arch_stats', 'layer_decay', 'no_decay_params', 'is_norm', 'GroupsReport']
 
 import os, re, warnings
@@ -13,6 +13,7 @@ from torch import nn
 from fastcore.basics import patch
 from fastcore.meta import delegates
 from fastai.learner import Learner
+import fastai.callback.schedule, fastai.callback.progress  # noqa: F401  (fit_one_cycle, fine_tune, progress bars)
 from fastai.torch_core import norm_types
 from fastai.vision.core import imagenet_stats
 
@@ -180,11 +181,21 @@ class DiscriminativeLearner(Learner):
         super().freeze_to(n)
 
 
+class GroupSplitter:
+    "A picklable fastai splitter (so `learn.export()` works): 'stages', a number of groups, or cut paths"
+    def __init__(self, groups='stages'):
+        from .split import splitter
+        self.groups, self._f = groups, splitter(groups)  # checks `groups` now, with a clear error
+
+    def __call__(self, model): return self._f(model)
+    def __getstate__(self): return {'groups': self.groups}
+    def __setstate__(self, d): self.__init__(d['groups'])
+    def __repr__(self): return f'GroupSplitter({self.groups!r})'
+
+
 def _splitter(groups):
     "A splitter function for `groups`: 'stages', a number of groups, cut paths, or a splitter function"
-    if callable(groups): return groups
-    from .split import splitter
-    return splitter(groups)
+    return groups if callable(groups) else GroupSplitter(groups)
 
 
 def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
@@ -259,7 +270,7 @@ def _group_rows(learn: Learner) -> list[LearnerGroup]:
         rows.append(LearnerGroup(i, _module_of(ns[0]) if ns else '', _module_of(ns[-1]) if ns else '', len(ps),
                              sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad),
                              float(h.get('lr', float('nan'))), float(h.get('wd', 0.)),
-                             sum(not opt.state[p].get('do_wd', True) for p in ps), i < opt.frozen_idx))
+                             sum(not opt.state[p].get('do_wd', True) for p in ps), i < getattr(opt, 'frozen_idx', 0)))
     return rows
 
 
