@@ -32,6 +32,7 @@ class Block:
     modules: list[str]
     role: str = 'body'  # 'stem' | 'body' | 'head'
     stage: int = 0
+    whole: bool = False  # never cut into sub-modules (a family fix put interleaved modules together)
 
 
 @dataclass
@@ -98,8 +99,21 @@ def register_strategy(name: str):
 def _owner(name: str) -> str: return name.rpartition('.')[0]
 
 
+_MEMO: dict = {}  # named parameters and modules of the models one `plan` call looks at (cleared after it)
+
+
+def _params(m: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    if ('p', id(m)) not in _MEMO: _MEMO['p', id(m)] = list(m.named_parameters())
+    return _MEMO['p', id(m)]
+
+
+def _modules(m: nn.Module) -> list[tuple[str, nn.Module]]:
+    if ('m', id(m)) not in _MEMO: _MEMO['m', id(m)] = list(m.named_modules())
+    return _MEMO['m', id(m)]
+
+
 def _weights(model: nn.Module) -> dict[str, int]:
-    return {n: p.numel() for n, p in model.named_parameters()}
+    return {n: p.numel() for n, p in _params(model)}
 
 
 def _classifier(body: nn.Module) -> list[nn.Module]:
@@ -177,6 +191,24 @@ def _sane(groups: list[list[str]], w: dict[str, int], head: set[str]) -> bool:
     return first <= total / 2 and last <= total / 2
 
 
+# Families where the matcher (or the module order) puts a parameter in a group before or after the one that first uses
+# it: (parameters to move, the first parameter of the block they move to, as a regex template that may use the
+# match's groups or a function of the model; a leading '>' takes the last parameter it matches)
+FIXES: list[tuple[str, str | Callable]] = [
+    (r'^cls_token$', r'^cls_attn_blocks\.0\.'),        # xcit: class attention after the blocks
+    (r'^cls_token$', lambda m: r'^norm\.' if hasattr(m, 'blocks_token_only') else '^$'),  # cait
+    (r'^blocks_token_only\.', r'^norm\.'),              # cait's matcher overlaps them with the last blocks
+    (r'^cls_token$', r'^post_network\.0\.'),           # volo
+    (r'^pos_embed$', r'^network\.2\.'),                # volo adds it after the first stage
+    (r'^cls_token$', lambda m: rf'^blocks\.{getattr(m, "local_up_to_layer", -1)}\.'),  # convit
+    (r'^c?rpe(\d)\.', r'^serial_blocks\1\.0\.'),        # coat: shared position encodings of each serial stage
+    (r'^cpe(\d)\.', r'^serial_blocks\1\.0\.'),
+    (r'^rope\.', r'^patch_embed\.'),                   # vit with rope: computed before the tokens are built
+    (r'^(incre|downsamp)_modules\.', r'^incre_modules\.0\.'),  # hrnet: incre and downsamp modules interleave
+    (r'^norm\.(\d+)\.', r'>^stages\.\1\.'),              # efficientvim: a norm after each stage
+]
+
+
 @register_strategy('timm')
 def _timm_blocks(body: nn.Module, headless: bool) -> list[Block] | None:
     "Blocks from timm's `group_matcher`: fine groups as blocks, coarse groups as stages, when the coarse ones are sane"
@@ -193,12 +225,53 @@ def _timm_blocks(body: nn.Module, headless: bool) -> list[Block] | None:
     stage_of = {n: i for i, (g, _) in enumerate(cg) for n in g}
     if any(len({stage_of[n] for n in g}) > 1 for g, _ in fg): fg = cg
     last = len(cg) - 1
-    return [Block(g, _span(g), 'head' if stage_of[g[0]] == last and (rest or head & set(g)) else
-                  'stem' if stage_of[g[0]] == 0 else 'body', stage_of[g[0]]) for g, rest in fg]
+    blocks = [Block(g, _span(g), 'head' if stage_of[g[0]] == last and (rest or head & set(g)) else
+                    'stem' if stage_of[g[0]] == 0 else 'body', stage_of[g[0]]) for g, rest in fg]
+    return _pre_head(blocks, body, head)
+
+
+def _pre_head(blocks: list[Block], body: nn.Module, head: set[str]) -> list[Block]:
+    "Layers with weight matrices leading timm's unmatched rest (`conv_head`, `pre_logits`) run before the classifier: a body block"
+    mats = {_owner(n) for n, p in _params(body) if p.ndim >= 2}
+    outs = {m.out_features for c in _classifier(body) for m in c.modules() if isinstance(m, nn.Linear)}
+    mats -= {n for n, m in _modules(body) if isinstance(m, nn.Linear) and m.out_features in outs}  # aux heads
+    out = []
+    for b in blocks:
+        pre = []
+        for n in (b.params if b.role == 'head' else []):
+            if n in head or _owner(n) not in mats: break
+            pre.append(n)
+        if pre and len(pre) < len(b.params):
+            out.append(Block(pre, _span(pre), 'body', out[-1].stage if out else b.stage))
+            b.params = b.params[len(pre):]
+            b.modules = _span(b.params)
+        out.append(b)
+    return out
+
+
+def _fix(blocks: list[Block], body: nn.Module) -> list[Block]:
+    "Apply `FIXES`: move each matching parameter into the block of the parameter its template names"
+    where = {n: b for b in blocks for n in b.params}
+    targets: dict[str, Block | None] = {}
+    for src, dst in FIXES:
+        rx = re.compile(src)
+        for n in [n for n in where if rx.match(n)]:
+            tpl = dst(body) if callable(dst) else rx.match(n).expand(dst)
+            if tpl not in targets:
+                hits = [m for m in where if re.match(tpl.lstrip('>'), m)]
+                targets[tpl] = where[hits[-1 if tpl.startswith('>') else 0]] if hits else None
+            to = targets[tpl]
+            if to is None or to is where[n]: continue
+            where[n].params.remove(n)
+            to.params.append(n)
+            to.whole, where[n] = True, to
+            to.modules.append(_owner(n))
+    for b in blocks: b.modules = [m for m in dict.fromkeys(b.modules) if any(_under(p, m) for p in b.params)]
+    return [b for b in blocks if b.params]
 
 
 def _module_name(body: nn.Module, m: nn.Module) -> str | None:
-    return next((n for n, x in body.named_modules() if x is m), None)
+    return next((n for n, x in _modules(body) if x is m), None)
 
 
 def _span(params: list[str]) -> list[str]:
@@ -212,9 +285,9 @@ class _Tree:
     "Parameter counts per module name (head excluded) and the modules that hold parameters, for structure detection"
     def __init__(self, body: nn.Module, heads: list[str]):
         self.body, self.heads = body, heads
-        self.mods = dict(body.named_modules())
+        self.mods = dict(_modules(body))
         self.w: dict[str, int] = {}
-        for n, p in body.named_parameters():
+        for n, p in _params(body):
             if self.in_head(n): continue
             parts = n.split('.')
             for i in range(len(parts)): self.w['.'.join(parts[:i])] = self.w.get('.'.join(parts[:i]), 0) + p.numel()
@@ -344,7 +417,7 @@ def _stage_blocks(tree: _Tree, stage: list[str]) -> list[list[str]]:
 @register_strategy('generic')
 def _generic_blocks(body: nn.Module, headless: bool) -> list[Block]:
     "Blocks from the module tree: the main run of repeated blocks (stages), what runs before it (stem) and after (head)"
-    names = {m: n for n, m in body.named_modules()}
+    names = {m: n for n, m in _modules(body)}
     w = _weights(body)
     heads = [] if headless else _head_names(body, names, w)
     tree = _Tree(body, heads)
@@ -407,23 +480,30 @@ def _ancestor_block(name: str, blocks: list[Block]) -> Block:
 def plan(model, strategy: str | None = None) -> Plan:
     "The ordered blocks of `model` (a module, wrapped or not, or an arch name) from the first strategy that applies"
     model = _as_model(model)
+    try: return _plan(model, strategy)
+    finally: _MEMO.clear()
+
+
+def _plan(model: nn.Module, strategy: str | None) -> Plan:
     v = _view(model)
     names = [strategy] if strategy else list(STRATEGIES)
     for s in names:
         if s not in STRATEGIES: raise ValueError(f"unknown split strategy {s!r}; valid: {', '.join(STRATEGIES)}")
         blocks = STRATEGIES[s](v.body, v.head is not None)
-        if blocks: break
+        if blocks:
+            blocks = _fix(blocks, v.body)
+            break
     if not blocks and v.head is None:
         raise ValueError(f"{type(model).__name__} has no parameters to split")
     blocks = [Block([v.prefix + p for p in b.params], [v.prefix + m if m else v.prefix.rstrip('.') for m in b.modules],
-                    b.role, b.stage) for b in blocks]
+                    b.role, b.stage, b.whole) for b in blocks]
     if v.head is not None: blocks = _add_head(blocks, model, v.head)
     return Plan(model, blocks, s)
 
 
 def _add_head(blocks: list[Block], model: nn.Module, head: str) -> list[Block]:
     "Append the fastai head (its parameters) to the body's blocks; a body head (norm left over) joins it"
-    params = [n for n, _ in model.named_parameters() if _under(n, head)]
+    params = [n for n, _ in _params(model) if _under(n, head)]
     last = max((b.stage for b in blocks), default=-1) + 1
     for b in blocks:
         if b.role == 'head': b.stage = last
@@ -497,15 +577,41 @@ def split_n(model, n: int) -> list[list[nn.Parameter]]:
     body, head = p.body, [q for b in p.head for q in b.params]
     if n == 1 or not body: return _to_params(p.model, [[q for b in p.blocks for q in b.params]])
     k = n - 1 if head else n
+    w = dict((q, t.numel()) for q, t in p.model.named_parameters())
+    body = _refine(body, w, sum(w[q] for b in body for q in b.params) / k)
     if k > len(body):
         warnings.warn(f"{type(p.model).__name__} has {len(body)} body blocks: {len(body) + bool(head)} groups instead of {n}")
         k = len(body)
-    w = dict((q, t.numel()) for q, t in p.model.named_parameters())
     lens, groups, i = balance([sum(w[q] for q in b.params) for b in body], k), [], 0
     for m in lens:
         groups.append([q for b in body[i:i + m] for q in b.params])
         i += m
     return _to_params(p.model, groups + ([head] if head else []))
+
+
+def _refine(blocks: list[Block], w: dict[str, int], cap: float) -> list[Block]:
+    "Blocks heavier than `cap` cut into their sub-modules, in order, as far as they go"
+    out = []
+    for b in blocks:
+        parts = _sub_blocks(b) if sum(w[q] for q in b.params) > cap and not b.whole else [b]
+        out += _refine(parts, w, cap) if len(parts) > 1 else parts
+    return out
+
+
+def _sub_blocks(b: Block) -> list[Block]:
+    "`b` cut below the module all its parameters share: one block per child module (own parameters join the next)"
+    parts = [n.split('.') for n in b.params]
+    depth = 0
+    while all(len(q) > depth + 1 and q[depth] == parts[0][depth] for q in parts): depth += 1
+    runs, pending = [], []
+    for n, q in zip(b.params, parts):
+        if len(q) <= depth + 1: pending.append(n); continue
+        key = '.'.join(q[:depth + 1])
+        if not runs or runs[-1][0] != key: runs.append((key, []))
+        runs[-1][1].extend(pending + [n]); pending = []
+    if pending and runs: runs[-1][1].extend(pending)
+    if len(runs) < 2: return [b]
+    return [Block(ps, [k], b.role, b.stage) for k, ps in runs]
 
 
 def _cut_names(model: nn.Module, paths) -> list[str]:
