@@ -10,7 +10,7 @@ linear module call. Writes bench/results/summary.md.
 """
 from __future__ import annotations
 
-import argparse, json, os, pathlib, platform, subprocess, sys, time
+import argparse, json, os, pathlib, platform, statistics, subprocess, sys, time
 
 HERE = pathlib.Path(__file__).resolve().parent
 MODELS = {  # name -> (source, size for the text)
@@ -120,7 +120,7 @@ def report(results: dict, total_s: float, repeat: int, slow_s: float, load: str)
     head = ['# layer_summary vs torchinfo', '',
             f'Measured {time.strftime("%Y-%m-%d %H:%M")} in one run of `bench/summary_bench.py` ({total_s:.0f} s).',
             f'Machine: {_machine()}. Other processes (other engineers\' test runs) may have been running at the '
-            f'same time (1-minute load average {load}), so wall times are indicative. Each cell is the fastest '
+            f'same time (1-minute load average {load}), so wall times are indicative. Each cell is the median '
             f'of {repeat} runs, each in a fresh process, rounds interleaved (cells slower than {slow_s:.0f} s: '
             'one run).', '',
             'Input (1, 3, 224, 224), depth 3. Wall time covers building the model and summarising it (imports '
@@ -141,14 +141,13 @@ def report(results: dict, total_s: float, repeat: int, slow_s: float, load: str)
 
 
 def _merge(runs: list[dict]) -> dict:
-    "The best (fastest) of several runs of one cell, with how many there were"
-    ok = [r for r in runs if 'error' not in r]
+    "The median run (by wall time) of one cell, with how many runs there were"
+    ok = sorted((r for r in runs if 'error' not in r), key=lambda r: r['wall_s'])
     if not ok: return runs[0]
-    best = min(ok, key=lambda r: r['wall_s'])
-    return {**best, 'runs': len(ok), 'rss_mb': min(r['rss_mb'] for r in ok)}
+    return {**ok[(len(ok) - 1) // 2], 'runs': len(ok), 'rss_mb': statistics.median(r['rss_mb'] for r in ok)}
 
 
-def main(models: list[str], out: pathlib.Path, repeat: int = 3, slow_s: float = 10.0):
+def main(models: list[str], out: pathlib.Path, repeat: int = 5, slow_s: float = 10.0):
     "Measure every (tool, model) `repeat` times, interleaved; cells slower than `slow_s` run once"
     from fastprogress.fastprogress import progress_bar
     runs, t0, load0 = {(t, m): [] for m in models for t in TOOLS}, time.perf_counter(), os.getloadavg()[0]
@@ -170,7 +169,7 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--models', nargs='*', default=list(MODELS), choices=list(MODELS))
     ap.add_argument('--out', type=pathlib.Path, default=HERE / 'results' / 'summary.md')
-    ap.add_argument('--repeat', type=int, default=3, help='runs per cell (the fastest is reported)')
+    ap.add_argument('--repeat', type=int, default=5, help='runs per cell (the median is reported)')
     ap.add_argument('--worker', nargs=2, metavar=('TOOL', 'MODEL'), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker: print(json.dumps(worker(*a.worker)))

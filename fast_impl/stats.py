@@ -460,7 +460,8 @@ def layer_summary(arch, input_size=(1, 3, 224, 224), depth: int | None = 3, devi
     """Kernel shape, input/output shapes, parameters and mult-adds of every module of `arch` down to `depth`.
 
     Args:
-        arch: a module (copied, never changed), a builder, or a registry name such as `'convnext_base'`.
+        arch: a module (never changed: copied to `device` unless already there), a builder, or a registry name
+            such as `'convnext_base'`. The pass runs in eval mode, under `no_grad`; train/eval flags are restored.
         input_size: the input shape, or a list of shapes for several inputs; ignored when `input_data` is given.
         depth: levels of modules shown; deeper modules are folded into their ancestor's row. None: every level.
         device: where the pass runs; `'meta'` needs no weights. A model with data-dependent ops falls back to the CPU.
