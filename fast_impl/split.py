@@ -5,7 +5,7 @@ __all__ = ['split_stages', 'split_n', 'split_at', 'check_groups', 'group_table',
            'at_splitter', 'splitter', 'GroupError', 'GroupTable', 'GroupRow', 'Block', 'Plan', 'plan', 'STRATEGIES',
            'register_strategy', 'stage_blocks', 'group_names', 'first_use_order', 'order_violations', 'guess_input_size']
 
-import bisect, re, warnings
+import bisect, contextlib, itertools, re, warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -99,17 +99,28 @@ def register_strategy(name: str):
 def _owner(name: str) -> str: return name.rpartition('.')[0]
 
 
-_MEMO: dict = {}  # named parameters and modules of the models one `plan` call looks at (cleared after it)
+_MEMO: dict = {}  # named parameters and modules of the models one split looks at (cleared when it returns)
 
 
-def _params(m: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    if ('p', id(m)) not in _MEMO: _MEMO['p', id(m)] = list(m.named_parameters())
-    return _MEMO['p', id(m)]
+@contextlib.contextmanager
+def _scope():
+    "Memoise `_params` and `_modules` until the outermost split call returns"
+    depth = _MEMO.get('depth', 0)
+    _MEMO['depth'] = depth + 1
+    try: yield
+    finally:
+        if depth: _MEMO['depth'] = depth
+        else: _MEMO.clear()
 
 
-def _modules(m: nn.Module) -> list[tuple[str, nn.Module]]:
-    if ('m', id(m)) not in _MEMO: _MEMO['m', id(m)] = list(m.named_modules())
-    return _MEMO['m', id(m)]
+def _memo(key, f):
+    if not _MEMO: return f()
+    if key not in _MEMO: _MEMO[key] = f()
+    return _MEMO[key]
+
+
+def _params(m: nn.Module) -> list[tuple[str, nn.Parameter]]: return _memo(('p', id(m)), lambda: list(m.named_parameters()))
+def _modules(m: nn.Module) -> list[tuple[str, nn.Module]]: return _memo(('m', id(m)), lambda: list(m.named_modules()))
 
 
 def _weights(model: nn.Module) -> dict[str, int]:
@@ -206,7 +217,9 @@ FIXES: list[tuple[str, str | Callable]] = [
     (r'^rope\.', r'^patch_embed\.'),                   # vit with rope: computed before the tokens are built
     (r'^(incre|downsamp)_modules\.', r'^incre_modules\.0\.'),  # hrnet: incre and downsamp modules interleave
     (r'^norm\.(\d+)\.', r'>^stages\.\1\.'),              # efficientvim: a norm after each stage
+    (r'^shared_rel_pos\.', r'^patch_embed\.'),         # vit_srelpos: computed once, used by every block
 ]
+_ANY_FIX = re.compile('|'.join(f'(?:{src})' for src, _ in FIXES))
 
 
 @register_strategy('timm')
@@ -241,6 +254,8 @@ def _pre_head(blocks: list[Block], body: nn.Module, head: set[str]) -> list[Bloc
         for n in (b.params if b.role == 'head' else []):
             if n in head or _owner(n) not in mats: break
             pre.append(n)
+        tops = {n.split('.')[0] for n in pre}
+        pre = list(itertools.takewhile(lambda n: n.split('.')[0] in tops and n not in head, b.params)) if pre else []
         if pre and len(pre) < len(b.params):
             out.append(Block(pre, _span(pre), 'body', out[-1].stage if out else b.stage))
             b.params = b.params[len(pre):]
@@ -253,9 +268,10 @@ def _fix(blocks: list[Block], body: nn.Module) -> list[Block]:
     "Apply `FIXES`: move each matching parameter into the block of the parameter its template names"
     where = {n: b for b in blocks for n in b.params}
     targets: dict[str, Block | None] = {}
+    cands = [n for n in where if _ANY_FIX.match(n)]
     for src, dst in FIXES:
         rx = re.compile(src)
-        for n in [n for n in where if rx.match(n)]:
+        for n in [n for n in cands if rx.match(n)]:
             tpl = dst(body) if callable(dst) else rx.match(n).expand(dst)
             if tpl not in targets:
                 hits = [m for m in where if re.match(tpl.lstrip('>'), m)]
@@ -480,8 +496,7 @@ def _ancestor_block(name: str, blocks: list[Block]) -> Block:
 def plan(model, strategy: str | None = None) -> Plan:
     "The ordered blocks of `model` (a module, wrapped or not, or an arch name) from the first strategy that applies"
     model = _as_model(model)
-    try: return _plan(model, strategy)
-    finally: _MEMO.clear()
+    with _scope(): return _plan(model, strategy)
 
 
 def _plan(model: nn.Module, strategy: str | None) -> Plan:
@@ -511,7 +526,7 @@ def _add_head(blocks: list[Block], model: nn.Module, head: str) -> list[Block]:
 
 
 def _to_params(model: nn.Module, groups: list[list[str]]) -> list[list[nn.Parameter]]:
-    ps = dict(model.named_parameters())
+    ps = dict(_params(model))
     out = [[ps[n] for n in g] for g in groups]
     check_groups(model, out)
     return out
@@ -541,8 +556,9 @@ def stage_blocks(model) -> list[list[str]]:
 
 def split_stages(model) -> list[list[nn.Parameter]]:
     "Layer groups of `model`: the stem, one group per stage, and the head last"
-    p = plan(model)
-    return _to_params(p.model, _stage_names(p))
+    with _scope():
+        p = plan(model)
+        return _to_params(p.model, _stage_names(p))
 
 
 def _check_n(n) -> int:
@@ -573,12 +589,15 @@ def _pack(weights: Sequence[int], cap: int, k: int) -> list[list[int]]:
 
 def split_n(model, n: int) -> list[list[nn.Parameter]]:
     "`n` contiguous layer groups of `model`, cut at block boundaries and balanced by parameter count, the head last"
-    n, p = _check_n(n), plan(model)
+    with _scope(): return _split_n(plan(model), _check_n(n))
+
+
+def _split_n(p: Plan, n: int) -> list[list[nn.Parameter]]:
     body, head = p.body, [q for b in p.head for q in b.params]
     if n == 1 or not body: return _to_params(p.model, [[q for b in p.blocks for q in b.params]])
     k = n - 1 if head else n
-    w = dict((q, t.numel()) for q, t in p.model.named_parameters())
-    body = _refine(body, w, sum(w[q] for b in body for q in b.params) / k)
+    w = _weights(p.model)
+    body = _refine(body, w, sum(w[q] for b in body for q in b.params) / k, p.model)
     if k > len(body):
         warnings.warn(f"{type(p.model).__name__} has {len(body)} body blocks: {len(body) + bool(head)} groups instead of {n}")
         k = len(body)
@@ -589,29 +608,34 @@ def split_n(model, n: int) -> list[list[nn.Parameter]]:
     return _to_params(p.model, groups + ([head] if head else []))
 
 
-def _refine(blocks: list[Block], w: dict[str, int], cap: float) -> list[Block]:
-    "Blocks heavier than `cap` cut into their sub-modules, in order, as far as they go"
+def _refine(blocks: list[Block], w: dict[str, int], cap: float, model: nn.Module) -> list[Block]:
+    "Blocks heavier than `cap` cut into the blocks of the container they hold, in order, as far as they go"
     out = []
     for b in blocks:
-        parts = _sub_blocks(b) if sum(w[q] for q in b.params) > cap and not b.whole else [b]
-        out += _refine(parts, w, cap) if len(parts) > 1 else parts
+        parts = _sub_blocks(b, model) if sum(w[q] for q in b.params) > cap and not b.whole else [b]
+        out += _refine(parts, w, cap, model) if len(parts) > 1 else parts
     return out
 
 
-def _sub_blocks(b: Block) -> list[Block]:
-    "`b` cut below the module all its parameters share: one block per child module (own parameters join the next)"
+def _sub_blocks(b: Block, model: nn.Module) -> list[Block]:
+    "`b` cut into the children of the container below the module all its parameters share; other parameters join the first"
     parts = [n.split('.') for n in b.params]
     depth = 0
     while all(len(q) > depth + 1 and q[depth] == parts[0][depth] for q in parts): depth += 1
-    runs, pending = [], []
+    top = model.get_submodule('.'.join(parts[0][:depth]))
+    if not isinstance(top, _CONTAINERS):
+        kids = [(n, c) for n, c in top.named_children() if isinstance(c, _CONTAINERS) and len(c) > 1]
+        if len(kids) != 1: return [b]  # a residual block or a module with no one sequence inside: keep whole
+        depth += 1
+        rest = [n for n, q in zip(b.params, parts) if len(q) <= depth or q[depth - 1] != kids[0][0]]
+    else: rest = [n for n, q in zip(b.params, parts) if len(q) <= depth + 1]
+    runs = {}
     for n, q in zip(b.params, parts):
-        if len(q) <= depth + 1: pending.append(n); continue
-        key = '.'.join(q[:depth + 1])
-        if not runs or runs[-1][0] != key: runs.append((key, []))
-        runs[-1][1].extend(pending + [n]); pending = []
-    if pending and runs: runs[-1][1].extend(pending)
+        if n not in rest: runs.setdefault('.'.join(q[:depth + 1]), []).append(n)
     if len(runs) < 2: return [b]
-    return [Block(ps, [k], b.role, b.stage) for k, ps in runs]
+    subs = [Block(ps, [k], b.role, b.stage) for k, ps in runs.items()]
+    subs[0].params = rest + subs[0].params
+    return subs
 
 
 def _cut_names(model: nn.Module, paths) -> list[str]:
@@ -664,7 +688,7 @@ def group_names(model, groups: list[list[nn.Parameter]]) -> list[list[str]]:
 def check_groups(model, groups) -> None:
     "Raise `GroupError` unless `groups` partition the parameters of `model`: naming every missing, duplicated or foreign one"
     model = _as_model(model)
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = {id(p): n for n, p in _params(model)}
     seen, dup, foreign, empty = set(), [], [], []
     for i, g in enumerate(groups):
         g = list(g)
@@ -769,9 +793,9 @@ class _FirstUse(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if getattr(func, '__name__', '') not in _META_FUNCS:
-            for a in torch.utils._pytree.tree_leaves((args, kwargs)):
-                if isinstance(a, torch.Tensor) and id(a) in self.ids and id(a) not in self.seen:
-                    self.seen[id(a)] = len(self.seen)
+            for a in (*args, *kwargs.values()):
+                for t in (a if isinstance(a, (list, tuple)) else (a,)):
+                    if id(t) in self.ids and id(t) not in self.seen: self.seen[id(t)] = len(self.seen)
         return func(*args, **kwargs)
 
 
