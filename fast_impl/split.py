@@ -634,7 +634,9 @@ def _sub_blocks(b: Block, model: nn.Module) -> list[Block]:
         if n not in rest: runs.setdefault('.'.join(q[:depth + 1]), []).append(n)
     if len(runs) < 2: return [b]
     subs = [Block(ps, [k], b.role, b.stage) for k, ps in runs.items()]
-    subs[0].params = rest + subs[0].params
+    late = [n for n in rest if _LATE.search(n.rpartition('.')[2])]  # a scale used after the children
+    subs[0].params = [n for n in rest if n not in late] + subs[0].params
+    subs[-1].params += late
     return subs
 
 
