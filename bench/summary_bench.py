@@ -100,10 +100,16 @@ def _model_rows(name: str, res: dict) -> list[str]:
     rows = []
     for tool in TOOLS[:3]:
         r = res[tool]
-        if 'error' in r: rows.append(f"| {name} | {tool} | error: {r['error'][:80]} | | | |"); continue
+        if 'error' in r: rows.append(f"| {name} | {tool} | error: {r['error'][:80]} | | | | |"); continue
         err = f"{(r['macs'] - ref) / ref:+.2%}" if ref else '?'
-        rows.append(f"| {name} | {tool} | {r['wall_s']:.2f} | {r['rss_mb']:.0f} | {_g(r['macs'])} | {err} |")
+        walls = ' '.join(f'{w:.2f}' for w in r['walls'])
+        rows.append(f"| {name} | {tool} | {r['wall_s']:.2f} | {walls} | {r['rss_mb']:.0f} | {_g(r['macs'])} | {err} |")
     return rows
+
+
+def _paired(other: dict, ours: dict) -> float:
+    "Median over rounds of other/ours wall time: runs of one round ran back to back, under the same load"
+    return statistics.median(a / b for a, b in zip(other['walls'], ours['walls']))
 
 
 def _ratio_row(name: str, res: dict) -> str:
@@ -111,8 +117,8 @@ def _ratio_row(name: str, res: dict) -> str:
     if any('error' in r for r in (ours, ti, tm, ref)): return f'| {name} | error | | | | |'
     mem = ti['rss_mb'] / max(ours['rss_mb'], 1.0)
     ok = abs(ours['macs'] - ref['macs']) / ref['macs'] < 0.005
-    return (f"| {name} | {ours['params'] / 1e6:.1f}M | {ti['wall_s'] / ours['wall_s']:.1f}x | {mem:.1f}x | "
-            f"{tm['wall_s'] / ours['wall_s']:.2f}x | {'yes' if ok else 'NO'} |")
+    return (f"| {name} | {ours['params'] / 1e6:.1f}M | {_paired(ti, ours):.1f}x | {mem:.1f}x | "
+            f"{_paired(tm, ours):.2f}x | {'yes' if ok else 'NO'} |")
 
 
 def report(results: dict, total_s: float, repeat: int, slow_s: float, load: str) -> str:
@@ -128,10 +134,13 @@ def report(results: dict, total_s: float, repeat: int, slow_s: float, load: str)
             '`summary(model, device=cpu)` on a model built with real weights (its default); `torchinfo_meta` builds '
             'on meta and passes `device="meta"`. Mult-adds error is against `FlopCounterMode` on meta (FLOPs / 2) '
             'plus one per bias element of every conv/linear module call.', '',
-            '| model | tool | wall s | peak RSS MB | total mult-adds | vs flop counter |',
-            '| --- | --- | ---: | ---: | ---: | ---: |']
+            '| model | tool | wall s (median) | each round | peak RSS MB | total mult-adds | vs flop counter |',
+            '| --- | --- | ---: | ---: | ---: | ---: | ---: |']
     rows = [r for name, res in results.items() for r in _model_rows(name, res)]
     ratios = ['', '## Ratios (torchinfo / layer_summary)', '',
+              'Time ratios are the median over rounds of the ratio within a round (the runs of a round ran back to '
+              'back, under about the same load; a single torchinfo run is paired with round 1). Memory: median '
+              'peak RSS above baseline.', '',
               'Targets: on models of 80M+ parameters at least 10x faster and 10x less memory than torchinfo\'s '
               'default; no slower than torchinfo on meta; total mult-adds within 0.5% of the flop counter.', '',
               '| model | params | time vs torchinfo | memory vs torchinfo | time vs torchinfo meta '
@@ -144,7 +153,8 @@ def _merge(runs: list[dict]) -> dict:
     "The median run (by wall time) of one cell, with how many runs there were"
     ok = sorted((r for r in runs if 'error' not in r), key=lambda r: r['wall_s'])
     if not ok: return runs[0]
-    return {**ok[(len(ok) - 1) // 2], 'runs': len(ok), 'rss_mb': statistics.median(r['rss_mb'] for r in ok)}
+    return {**ok[(len(ok) - 1) // 2], 'walls': [r['wall_s'] for r in runs if 'error' not in r],
+            'rss_mb': statistics.median(r['rss_mb'] for r in ok)}
 
 
 def main(models: list[str], out: pathlib.Path, repeat: int = 5, slow_s: float = 10.0):
