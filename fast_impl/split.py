@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __all__ = ['split_stages', 'split_n', 'split_at', 'check_groups', 'group_table', 'stage_splitter', 'n_splitter',
            'at_splitter', 'splitter', 'GroupError', 'GroupTable', 'GroupRow', 'Block', 'Plan', 'plan', 'STRATEGIES',
-           'register_strategy', 'stage_blocks', 'group_names', 'first_use_order', 'order_violations', 'guess_input_size']
+           'register_strategy', 'FIXES', 'stage_blocks', 'group_names', 'balance', 'first_use_order', 'order_violations', 'guess_input_size']
 
 import bisect, contextlib, itertools, re, warnings
 from dataclasses import dataclass
@@ -142,7 +142,7 @@ def _classifier(body: nn.Module) -> list[nn.Module]:
             and any(True for _ in kids[n].parameters())][:1]
 
 
-def _head_names(body: nn.Module, names: dict[nn.Module, str], w: dict[str, int]) -> list[str]:
+def _head_names(body: nn.Module, names: dict[nn.Module, str]) -> list[str]:
     "Module names of the head: each classifier, widened to its parent while the parent adds no other weight matrix"
     heads = []
     for c in _classifier(body):
@@ -435,7 +435,7 @@ def _generic_blocks(body: nn.Module, headless: bool) -> list[Block]:
     "Blocks from the module tree: the main run of repeated blocks (stages), what runs before it (stem) and after (head)"
     names = {m: n for n, m in _modules(body)}
     w = _weights(body)
-    heads = [] if headless else _head_names(body, names, w)
+    heads = [] if headless else _head_names(body, names)
     tree = _Tree(body, heads)
     node, stem, tail = _descend(tree)
     kstem, stages, ktail = _stages_at(tree, node)
@@ -618,26 +618,44 @@ def _refine(blocks: list[Block], w: dict[str, int], cap: float, model: nn.Module
 
 
 def _sub_blocks(b: Block, model: nn.Module) -> list[Block]:
-    "`b` cut into the children of the container below the module all its parameters share; other parameters join the first"
+    "`b` cut into the children of the sequence below the module all its parameters share; the others join an end part"
     parts = [n.split('.') for n in b.params]
     depth = 0
     while all(len(q) > depth + 1 and q[depth] == parts[0][depth] for q in parts): depth += 1
     top = model.get_submodule('.'.join(parts[0][:depth]))
-    if not isinstance(top, _CONTAINERS):
-        kids = [(n, c) for n, c in top.named_children() if isinstance(c, _CONTAINERS) and len(c) > 1]
-        if len(kids) != 1: return [b]  # a residual block or a module with no one sequence inside: keep whole
+    if isinstance(top, _CONTAINERS): first, last = [n for n, q in zip(b.params, parts) if len(q) <= depth + 1], []
+    else:
+        seq = _main_seq(top)
+        if seq is None: return [b]  # a residual block or a module with no one sequence inside: keep it whole
+        first, last = _ends(b.params, parts, depth, top, seq)
         depth += 1
-        rest = [n for n, q in zip(b.params, parts) if len(q) <= depth or q[depth - 1] != kids[0][0]]
-    else: rest = [n for n, q in zip(b.params, parts) if len(q) <= depth + 1]
     runs = {}
     for n, q in zip(b.params, parts):
-        if n not in rest: runs.setdefault('.'.join(q[:depth + 1]), []).append(n)
+        if n not in first and n not in last: runs.setdefault('.'.join(q[:depth + 1]), []).append(n)
     if len(runs) < 2: return [b]
     subs = [Block(ps, [k], b.role, b.stage) for k, ps in runs.items()]
-    late = [n for n in rest if _LATE.search(n.rpartition('.')[2])]  # a scale used after the children
-    subs[0].params = [n for n in rest if n not in late] + subs[0].params
-    subs[-1].params += late
+    subs[0].params, subs[-1].params = first + subs[0].params, subs[-1].params + last
     return subs
+
+
+def _main_seq(top: nn.Module) -> str | None:
+    "The child of `top` that is a sequence of 2+ modules holding most of its parameters (a stage's `blocks`), if any"
+    total = sum(p.numel() for p in top.parameters())
+    return next((n for n, c in top.named_children() if isinstance(c, _CONTAINERS) and len(c) > 1
+                 and 2 * sum(p.numel() for p in c.parameters()) > total), None)
+
+
+def _ends(params: list[str], parts: list[list[str]], depth: int, top: nn.Module, seq: str) -> tuple[list[str], list[str]]:
+    "Parameters of `top` outside its sequence `seq`: those that run first (defined before it, downsampling) and last"
+    kids = [n for n, _ in top.named_children()]
+    first, last = [], []
+    for n, q in zip(params, parts):
+        kid = q[depth] if len(q) > depth + 1 else None
+        if kid == seq: continue
+        if kid is None: late = bool(_LATE.search(q[-1]))
+        else: late = kids.index(kid) > kids.index(seq) and not kid.startswith('down')
+        (last if late else first).append(n)
+    return first, last
 
 
 def _cut_names(model: nn.Module, paths) -> list[str]:
