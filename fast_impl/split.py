@@ -765,6 +765,7 @@ class GroupRow:
     params: int
     pct: float
     trainable: int
+    lr: float | None = None
 
 
 class GroupTable(Report):
@@ -773,28 +774,34 @@ class GroupTable(Report):
         self.rows, self.title = rows, title
 
     def to_text(self) -> str:
-        heads = ['group', 'first module', 'last module', 'tensors', 'params', '%']
-        rows = [[r.group, r.first, r.last, r.tensors, fmt_int(r.params), f'{r.pct:.1f}'] for r in self.rows]
+        lrs = any(r.lr is not None for r in self.rows)
+        heads = ['group', 'first module', 'last module', 'tensors', 'params', '%'] + ['lr'] * lrs
+        rows = [[r.group, r.first, r.last, r.tensors, fmt_int(r.params), f'{r.pct:.1f}'] + [f'{r.lr:.3g}'] * lrs
+                for r in self.rows]
         total = sum(r.params for r in self.rows)
         return f'{pretty_table(heads, rows)}\nTotal params: {total:,} in {len(self.rows)} groups'
 
     def to_df(self):
         import pandas as pd
-        return pd.DataFrame([(r.group, r.first, r.last, r.tensors, r.params, round(r.pct, 2), r.trainable)
-                             for r in self.rows],
-                            columns=['group', 'first', 'last', 'tensors', 'params', 'pct', 'trainable'])
+        df = pd.DataFrame([(r.group, r.first, r.last, r.tensors, r.params, round(r.pct, 2), r.trainable)
+                           for r in self.rows], columns=['group', 'first', 'last', 'tensors', 'params', 'pct', 'trainable'])
+        if any(r.lr is not None for r in self.rows): df['lr'] = [r.lr for r in self.rows]
+        return df
 
 
-def group_table(model, groups: list[list[nn.Parameter]]) -> GroupTable:
-    "A table of `groups` of `model`: per group the first and last module path, tensors, parameters and % of total"
+def group_table(model, groups: list[list[nn.Parameter]], lrs: Sequence[float] | None = None) -> GroupTable:
+    "A table of `groups` of `model`: per group the first and last module path, tensors, parameters, % of total (and `lrs`)"
     model = _as_model(model)
+    if lrs is not None and len(lrs) != len(groups):
+        raise ValueError(f"lrs has {len(lrs)} learning rates for {len(groups)} groups; give one per group")
     names = group_names(model, groups)
     total = sum(p.numel() for g in groups for p in g) or 1
     rows = []
     for i, (g, ns) in enumerate(zip(groups, names)):
         n = sum(p.numel() for p in g)
         mods = [_owner(x) or '(root)' for x in ns] or ['']
-        rows.append(GroupRow(i, mods[0], mods[-1], len(g), n, 100 * n / total, sum(p.numel() for p in g if p.requires_grad)))
+        rows.append(GroupRow(i, mods[0], mods[-1], len(g), n, 100 * n / total, sum(p.numel() for p in g if p.requires_grad),
+                             None if lrs is None else float(lrs[i])))
     return GroupTable(rows, f'{type(model).__name__}: {len(rows)} layer groups')
 
 

@@ -283,3 +283,17 @@ def test_registry_sample(name):
     try: order = first_use_order(m)
     except Exception as e: pytest.skip(f'forward pass on meta fails: {type(e).__name__}')
     assert order_violations(m, gs, order) == [] and order_violations(m, g4, order) == []
+
+
+def test_group_table_with_learning_rates():
+    import torchvision
+    from fast_impl.split import group_table, split_stages
+    m = torchvision.models.resnet18()
+    gs = split_stages(m)
+    lrs = [1e-5 * 10 ** (2 * i / (len(gs) - 1)) for i in range(len(gs))]
+    t = group_table(m, gs, lrs=lrs)
+    assert t.to_df().lr.tolist() == lrs
+    head_row = str(t).splitlines()[-3]
+    assert head_row.split('|')[2].strip() == 'fc' and head_row.split('|')[-2].strip() == '0.001'
+    assert 'lr' not in group_table(m, gs).to_df().columns
+    with pytest.raises(ValueError, match='lrs has 2 learning rates for 6 groups'): group_table(m, gs, lrs=[1, 2])
