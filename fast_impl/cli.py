@@ -5,7 +5,7 @@ __all__ = ['main', 'COMMANDS']
 
 import inspect, sys
 from enum import Enum
-from typing import Callable
+from typing import Annotated, Callable
 
 from fastcore.script import anno_parser, store_true
 
@@ -19,7 +19,9 @@ class CliError(Exception):
 
 class Fmt(str, Enum):
     text = 'text'; markdown = 'markdown'; csv = 'csv'; html = 'html'
-    def __str__(self): return self.value
+
+
+FmtArg = Annotated[str, {'choices': [f.value for f in Fmt]}]  # argparse lists the valid choices on a bad one
 
 
 def command(f: Callable) -> Callable:
@@ -56,7 +58,7 @@ def summary(arch: str,  # the architecture: a timm name, torchvision:NAME, fasta
 def layers(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:NAME, fast_impl:NAME)
            input: str = '1,3,224,224',  # input size, comma-separated
            depth: int = 3,  # how many levels of the module tree to show
-           format: Fmt = Fmt.text):  # output format
+           format: FmtArg = 'text'):  # output format
     "Per-layer kernel shape, output shape, parameters and mult-adds of ARCH, from one pass on the meta device"
     from .stats import layer_summary
     print(_render(layer_summary(arch, input_size=_ints(input, '--input'), depth=depth), format))
@@ -72,7 +74,7 @@ def params(arch: str):  # the architecture (timm name, torchvision:NAME, fastai:
 @command
 def compare(*archs: str,  # two or more architectures
             input: str = '1,3,224,224',  # input size, comma-separated
-            format: Fmt = Fmt.text):  # output format
+            format: FmtArg = 'text'):  # output format
     "Compare ARCHs: parameters, mult-adds, depth, output shape, parameters per stage, change against the first"
     if len(archs) < 1: raise CliError('compare needs at least one ARCH')
     from .stats import compare_archs
@@ -99,7 +101,7 @@ def groups(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:N
            at: str = None,  # cut before these modules: comma-separated paths, e.g. `layer2,layer4` or `4,6`
            lr: str = None,  # learning rates LO:HI spread geometrically over the groups (or HI with --decay)
            decay: float = None,  # layer decay: each group gets D times the next group's rate
-           format: Fmt = Fmt.text):  # output format
+           format: FmtArg = 'text'):  # output format
     "Layer groups of ARCH for discriminative learning rates, with the learning rate each group gets"
     if sum([stages, n is not None, at is not None]) > 1: raise CliError('give one of --stages, --n N, --at PATHS')
     from .resolve import resolve
@@ -165,11 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of `fast-impl`: bad input prints one line and exits with status 2"
     import warnings
     from .resolve import UnknownArchError
-    from .tree import _KeyError
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised inside fastai's import
     try: return run(sys.argv[1:] if argv is None else argv)
     except SystemExit as e: return int(e.code or 0)  # --help
-    except (CliError, UnknownArchError, IndexError, _KeyError, KeyError, ValueError, TypeError, FileNotFoundError) as e:
+    except (CliError, UnknownArchError, IndexError, KeyError, ValueError, FileNotFoundError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f'fast-impl: error: {msg}', file=sys.stderr)
         return 2

@@ -776,7 +776,7 @@ class GroupTable(Report):
     def to_text(self) -> str:
         lrs = any(r.lr is not None for r in self.rows)
         heads = ['group', 'first module', 'last module', 'tensors', 'params', '%'] + ['lr'] * lrs
-        rows = [[r.group, r.first, r.last, r.tensors, fmt_int(r.params), f'{r.pct:.1f}'] + [f'{r.lr:.3g}'] * lrs
+        rows = [[r.group, r.first, r.last, r.tensors, fmt_int(r.params), f'{r.pct:.1f}'] + ([f'{r.lr:.3g}'] if lrs else [])
                 for r in self.rows]
         total = sum(r.params for r in self.rows)
         return f'{pretty_table(heads, rows)}\nTotal params: {total:,} in {len(self.rows)} groups'
