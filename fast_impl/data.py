@@ -16,15 +16,17 @@ def _classes(classes) -> list[int]:
     if isinstance(classes, int): classes = [classes]
     cs = sorted({int(c) for c in classes})
     bad = [c for c in cs if not 0 <= c <= 9]
-    if bad or not cs: raise ValueError(f"classes must be digits 0-9 (e.g. range(5) or [5, 6, 7, 8, 9]); got {list(classes)}")
+    if bad or not cs:
+        raise ValueError(f"classes must be digits 0-9 (e.g. range(5) or [5, 6, 7, 8, 9]); got {list(classes)}")
     return cs
 
 
 def digits_images(classes: Iterable[int] | None = None, size: int = 32, n_channels: int = 3
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Digits of `classes` as float images `(n, n_channels, size, size)` in [0, 1] (bilinear upscaling) and their digit labels"
+    "Digits of `classes` as float images `(n, n_channels, size, size)` in [0, 1] (upscaled bilinearly) and their labels"
     from sklearn.datasets import load_digits
-    if size < 8 or n_channels < 1: raise ValueError(f"size must be >= 8 and n_channels >= 1; got size={size}, n_channels={n_channels}")
+    if size < 8 or n_channels < 1:
+        raise ValueError(f"size must be >= 8 and n_channels >= 1; got size={size}, n_channels={n_channels}")
     d = load_digits()
     keep = np.isin(d.target, _classes(classes))
     x = torch.tensor(d.images[keep], dtype=torch.float32)[:, None] / 16.

@@ -1,8 +1,8 @@
-"fastai integration (the only module importing fastai): discriminative Learners, layer decay, norm/weight-decay policy, group reports."
+"fastai integration (the only module importing fastai): discriminative Learners, layer decay, no-decay policy, group reports."
 from __future__ import annotations
 
-__all__ = ['discriminative_learner', 'DiscriminativeLearner', 'GroupSplitter', 'build_model', 'classifier_name', 'set_classifier',
-           'arch_stats', 'layer_decay', 'no_decay_params', 'is_norm', 'GroupsReport']
+__all__ = ['discriminative_learner', 'DiscriminativeLearner', 'GroupSplitter', 'build_model', 'classifier_name',
+           'set_classifier', 'load_body', 'arch_stats', 'layer_decay', 'no_decay_params', 'is_norm', 'GroupsReport']
 
 import os, re, warnings
 from dataclasses import dataclass
@@ -29,7 +29,7 @@ _NO_WD_NAME = re.compile(r'(^|\.)((cls|class|dist|reg|register|mask)_?tokens?|po
 
 
 def is_norm(m: nn.Module) -> bool:
-    "True for a normalisation layer: fastai's list, GroupNorm, RMSNorm, and any `*Norm*` class holding its own parameters (timm norm-act)"
+    "True for a norm layer: fastai's list, GroupNorm, RMSNorm, any `*Norm*` class holding parameters (timm norm-act)"
     if isinstance(m, _NORMS): return True
     if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)): return False
     return 'Norm' in type(m).__name__ and next(m.parameters(recurse=False), None) is not None
@@ -53,7 +53,8 @@ def _timm_no_wd(model: nn.Module) -> set[str]:
 
 
 def no_decay_params(model: nn.Module, with_bias: bool = True) -> list[nn.Parameter]:
-    "Parameters of `model` that get no weight decay and train while frozen: norms, layer-scale gammas, tokens, timm's `no_weight_decay()`, and biases if `with_bias`"
+    "Parameters of `model` without weight decay, trained while frozen: norms, layer scales, tokens, timm's `no_weight_decay()`"
+    # with_bias: also every bias (fastai's `norm_bias_params` contract: True for weight decay, False for train_bn)
     model = unwrap(model)
     listed = _timm_no_wd(model)
     special = {n for n, m in model.named_modules() if is_norm(m) or _is_scale(m)}
@@ -68,7 +69,7 @@ def no_decay_params(model: nn.Module, with_bias: bool = True) -> list[nn.Paramet
 
 
 def classifier_name(model: nn.Module) -> str:
-    "Dotted name of `model`'s classifier: timm's `get_classifier()`, else its last Linear (or a final 1x1 conv, as in SqueezeNet)"
+    "Dotted name of `model`'s classifier: timm's `get_classifier()`, else its last Linear (or SqueezeNet's final 1x1 conv)"
     get = getattr(model, 'get_classifier', None)
     if callable(get):
         head = get()
@@ -82,7 +83,7 @@ def classifier_name(model: nn.Module) -> str:
 
 
 def set_classifier(model: nn.Module, n_out: int) -> nn.Module:
-    "Give `model` a freshly initialised classifier for `n_out` classes (timm's `reset_classifier`, else the last Linear swapped)"
+    "Give `model` a new classifier for `n_out` classes (timm's `reset_classifier`, else its last Linear swapped)"
     if callable(getattr(model, 'reset_classifier', None)):
         model.reset_classifier(n_out)
         return model
@@ -131,10 +132,11 @@ def load_body(model: nn.Module, path) -> nn.Module:
 
 
 def build_model(arch, n_out: int, pretrained: bool | str | os.PathLike = False, **kwargs) -> nn.Module:
-    "`arch` with real weights on the CPU (registry weights if `pretrained` is True, a local file if a path) and a new `n_out`-class classifier"
+    "`arch` on the CPU with real weights (the registry's if `pretrained` is True, a file's if a path) and a new `n_out`-class head"
     model = resolve(arch, device='cpu', pretrained=pretrained is True, **kwargs)
     if any(p.is_meta for p in model.parameters()):
-        raise ValueError(f"{type(model).__name__} is on the meta device; a Learner needs real weights (pass a name or builder)")
+        raise ValueError(f"{type(model).__name__} is on the meta device; a Learner needs real weights "
+                         "(pass a name or a builder instead)")
     if pretrained not in (False, None, True): load_body(model, pretrained)
     return set_classifier(_drop_aux(model), n_out)
 
@@ -163,7 +165,7 @@ def _as_groups(groups) -> list[list]:
 
 
 class DiscriminativeLearner(Learner):
-    "A fastai `Learner` that checks its groups partition the model, applies the wider no-weight-decay policy, and warns on a futile `freeze`"
+    "A fastai `Learner` that checks its groups partition the model, applies `no_decay_params`, and warns on a futile `freeze`"
     def _bn_bias_state(self, with_bias): return [self.opt.state[p] for p in no_decay_params(self.model, with_bias)]
 
     def create_opt(self):

@@ -65,7 +65,7 @@ def trainable_ok(learn, k):
 def test_arch(arch):
     learn = discriminative_learner(synth_dls(), arch, groups='stages', **ARCHS[arch])
     assert isinstance(learn.model(torch.rand(2, 3, 32, 32)), torch.Tensor)
-    probe, n = LRProbe(), len(learn.opt.param_lists) if learn.opt else None
+    probe = LRProbe()
     learn.fit_one_cycle(1, lr_max=slice(1e-5, 1e-3), cbs=probe)
     n = len(learn.opt.param_lists)
     assert n >= 3, f'{arch}: only {n} groups'
