@@ -129,7 +129,7 @@ def train(*archs: str,  # architectures to train and compare
 
 @command
 def demo(out: str = 'demo_out',  # folder for the results table and the plot
-         seeds: int = 2,  # repeats of each fine-tuning method
+         seeds: int = 5,  # repeats of each fine-tuning method (each draws other labelled images)
          quick: store_true = False):  # a smaller run (for tests)
     "The main job on the embedded digits: summary, layer groups, discriminative fine-tuning vs baselines, plot"
     from .experiments import demo as run_demo

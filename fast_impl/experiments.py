@@ -1,9 +1,9 @@
 "Whole jobs behind the command line: train and compare archs (`fast-impl train`) and the demo (`fast-impl demo`)."
 from __future__ import annotations
 
-__all__ = ['image_folder_dls', 'train_archs', 'TrainResult', 'plot_curves']
+__all__ = ['image_folder_dls', 'train_archs', 'TrainResult', 'plot_curves', 'plot_transfer', 'demo']
 
-import pathlib, time
+import pathlib, tempfile, time
 from dataclasses import dataclass, field
 
 
@@ -93,3 +93,60 @@ def train_archs(archs: list, data=None, epochs: int = 3, lr: float = 3e-3, size:
     print(md_table(df))
     print(f'results: {out / "train_results.csv"}\nplot:    {out / "train_curves.png"}')
     return results
+
+
+def plot_transfer(res: dict, path):
+    "Save a bar chart of each method's accuracy (mean, std, and every seed as a dot) to `path`; returns the figure"
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+    names = list(res)
+    accs = [np.array(res[m]['acc']) * 100 for m in names]
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(names) + 1.2))
+    colors = ['tab:gray' if 'fast_impl stage groups +' not in m or 'fine_tune' in m else 'tab:blue' for m in names]
+    ax.barh(range(len(names)), [a.mean() for a in accs], xerr=[a.std() for a in accs], color=colors, alpha=0.75)
+    for i, a in enumerate(accs): ax.plot(a, [i] * len(a), 'k.', ms=4)
+    ax.set_yticks(range(len(names)), names, fontsize='small')
+    ax.invert_yaxis()
+    lo = min(a.min() for a in accs)
+    ax.set(xlim=(max(0, lo - 5), 100), xlabel='accuracy on the unlabelled digits 5-9 (%)',
+           title='fine-tuning from digits 0-4 to 5-9, 10 labelled images per class')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def demo(out='demo_out', seeds: int = 5, quick: bool = False) -> dict:
+    "The main job on the embedded digits: summary, layer groups with LRs, fine-tuning against the baselines, plot"
+    import torch
+    from . import transfer as T
+    from .learner import layer_decay
+    from .render import md_table
+    from .stats import layer_summary
+    from .summary import arch_summary
+    out = pathlib.Path(out); out.mkdir(parents=True, exist_ok=True)
+    epochs, pre_epochs, seeds = (2, 1, 1) if quick else (10, 8, seeds)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    print('fast_impl demo: transfer learning on scikit-learn digits (embedded, no download)\n')
+    print('1. The model: fastai xresnet18 at half width (built on the meta device, no weights)\n')
+    print(arch_summary(T.xresnet18_half, verbose=False))
+    s = layer_summary(T.xresnet18_half, input_size=(1, 3, 32, 32), depth=0, n_out=5)
+    print(f'{s.total_params:,} parameters, {s.total_mult_adds / 1e6:.1f}M mult-adds per 32x32 image\n')
+    with tempfile.TemporaryDirectory() as d:
+        path = pathlib.Path(d) / 'pretrained.pth'
+        print(f'2. Pretraining on digits 0-4 ({pre_epochs} epoch{"s" * (pre_epochs > 1)}) ...', flush=True)
+        print(f'   held-out accuracy {T.pretrain(path, pre_epochs, 1e-2, 32):.3f}\n')
+        learn = T._pretrained(T.digits_dls(range(5, 10), n_per_class=10, bs=16, seed=0), path)
+        learn.create_opt()
+        learn.opt.set_hypers(lr=layer_decay(1e-2, len(learn.opt.param_lists), 0.75))
+        print('3. Its layer groups (fast_impl stage groups), with layer-decay learning rates 0.75:\n')
+        print(f'{learn.show_groups()}\n')
+        print(f'4. Fine-tuning on digits 5-9 from 10 labelled images per class: {len(T.METHODS)} methods x '
+              f'{seeds} seeds, {epochs} epochs each', flush=True)
+        res = T.evaluate(path, T.TUNED_LRS, range(seeds), 10, epochs, 16)
+    table = T.table(res)
+    (out / 'results.md').write_text(f'# fast_impl demo: digits 0-4 -> 5-9 ({seeds} seeds)\n\n{table}\n')
+    plot_transfer(res, out / 'transfer.png')
+    print(f'\n{table}\n\nresults table: {out / "results.md"}\nplot written to: {out / "transfer.png"}')
+    return res

@@ -93,3 +93,13 @@ def test_bad_input_is_one_line_and_status_2(args, msg):
     r = cli(*args, ok=False)
     assert r.returncode == 2 and r.stdout == ''
     assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
+
+
+def test_demo_quick_writes_table_and_plot(tmp_path):
+    out = cli('demo', '--quick', '--out', tmp_path).stdout
+    for part in ['1. The model', '2. Pretraining on digits 0-4', '3. Its layer groups', '4. Fine-tuning on digits 5-9',
+                 '| fast_impl stage groups + layer decay 0.75 | 6 |', f'plot written to: {tmp_path / "transfer.png"}']:
+        assert part in out
+    assert (tmp_path / 'transfer.png').stat().st_size > 10_000
+    rows = [l for l in (tmp_path / 'results.md').read_text().splitlines() if l.startswith('| ')]
+    assert len(rows) == 8  # header, rule, 6 methods

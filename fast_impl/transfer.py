@@ -1,0 +1,167 @@
+"""Transfer on scikit-learn's digits: pretrain on 0-4, fine-tune on 5-9 from a few labelled images per class.
+
+The methods compared (same model, pretrained weights, epochs, batch size and labelled images) and the runs behind
+both `bench/transfer.py` (LR tuning, 10 seeds, the report) and `fast-impl demo` (a short version).
+"""
+from __future__ import annotations
+
+__all__ = ['xresnet18_half', 'SkipValid', 'TUNED_LRS', 'pretrain', 'METHODS', 'BASELINES', 'run', 'tune', 'evaluate',
+           'table', 'per_seed']
+
+import time
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback, CancelValidException
+from fastai.metrics import accuracy
+from fastai.torch_core import set_seed
+from fastprogress.fastprogress import progress_bar
+
+from .data import digits_dls
+from .learner import discriminative_learner, layer_decay
+from .split import stage_splitter
+
+
+def xresnet18_half(pretrained=False, **kwargs):
+    "fastai's xresnet18 at half width (2.8M parameters): small enough for CPUs"
+    from fastai.vision.models.xresnet import xresnet18
+    return xresnet18(pretrained, widen=0.5, **kwargs)
+
+
+class SkipValid(Callback):
+    "Skip the per-epoch validation: every method is scored once, at the end"
+    def before_validate(self): raise CancelValidException()
+
+
+# the base LR of each method tuned by bench/transfer.py (best of 3e-3, 1e-2, 3e-2 on 3 tuning seeds)
+TUNED_LRS = {'from scratch': 1e-2, 'whole model, one LR': 3e-3, 'fastai vision_learner + fine_tune': 3e-2,
+             'fastai model, fast_impl stage groups + fine_tune': 1e-2, 'fast_impl stage groups + slice(lr/10, lr)': 1e-2,
+             'fast_impl stage groups + layer decay 0.75': 1e-2}
+
+
+def pretrain(path, epochs: int, lr: float, bs: int) -> float:
+    "Train on digits 0-4 and save the weights to `path`; returns the held-out accuracy"
+    set_seed(0)
+    learn = discriminative_learner(digits_dls(range(5), bs=bs, seed=0), xresnet18_half, metrics=accuracy)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(epochs, lr)
+        acc = float(learn.validate()[1])
+    torch.save(learn.model.state_dict(), path)
+    return acc
+
+# ---------------------------------------------------------------- the methods: (dls, weights file, E, lr) -> Learner, trained
+
+
+def scratch(dls, path, E, lr):
+    "No pretraining: every group at `lr`"
+    learn = discriminative_learner(dls, xresnet18_half, metrics=accuracy)
+    return learn, lambda: learn.fit_one_cycle(E, lr, cbs=SkipValid())
+
+
+def one_lr(dls, path, E, lr):
+    "Pretrained, the whole model at one LR"
+    learn = discriminative_learner(dls, xresnet18_half, pretrained=path, normalize=False, metrics=accuracy)
+    learn.unfreeze()
+    return learn, lambda: learn.fit_one_cycle(E, lr, cbs=SkipValid())
+
+
+def _fastai_learner(dls, path, splitter=None):
+    "fastai's `vision_learner` (its cut, head and, unless given, `model_meta` split) with the pretrained body loaded"
+    from fastai.vision.learner import model_meta, vision_learner
+    from fastai.vision.models.xresnet import xresnet18
+    model_meta.setdefault(xresnet18_half, model_meta[xresnet18])  # fastai's own xresnet cut and 3-group split
+    kw = {} if splitter is None else dict(splitter=splitter)
+    learn = vision_learner(dls, xresnet18_half, pretrained=False, normalize=False, metrics=accuracy, **kw)
+    body = learn.model[0]
+    sd = {k: v for k, v in torch.load(path, weights_only=True).items() if k in body.state_dict()}
+    assert len(sd) == len(body.state_dict()), 'the pretrained weights do not fit fastai\'s body'
+    body.load_state_dict(sd)
+    return learn
+
+
+def fastai_fine_tune(dls, path, E, lr):
+    "fastai's default: vision_learner (3 groups from model_meta, fastai's head) and `fine_tune`"
+    learn = _fastai_learner(dls, path)
+    return learn, lambda: learn.fine_tune(E - 1, base_lr=lr, freeze_epochs=1, cbs=SkipValid())
+
+
+def fastai_model_stages(dls, path, E, lr):
+    "fastai's vision_learner model and head, split by fast_impl's `stage_splitter`, `fine_tune`"
+    learn = _fastai_learner(dls, path, splitter=stage_splitter())
+    return learn, lambda: learn.fine_tune(E - 1, base_lr=lr, freeze_epochs=1, cbs=SkipValid())
+
+
+def _pretrained(dls, path):
+    "fast_impl's Learner on the pretrained weights (own xresnet head, stage groups), unfrozen"
+    learn = discriminative_learner(dls, xresnet18_half, pretrained=path, normalize=False, metrics=accuracy)
+    learn.unfreeze()
+    return learn
+
+
+def stages_slice(dls, path, E, lr):
+    "fast_impl: stage groups, `slice(lr/10, lr)` spread over them (fastai gives `slice(lr)`'s body lr/10)"
+    learn = _pretrained(dls, path)
+    return learn, lambda: learn.fit_one_cycle(E, slice(lr / 10, lr), cbs=SkipValid())
+
+
+def stages_decay(dls, path, E, lr, decay=0.75):
+    "fast_impl: stage groups, `layer_decay(lr, n_groups, 0.75)`"
+    learn = _pretrained(dls, path)
+    return learn, lambda: learn.fit_one_cycle(E, layer_decay(lr, len(learn.opt.param_lists), decay), cbs=SkipValid())
+
+
+METHODS = {'from scratch': scratch, 'whole model, one LR': one_lr, 'fastai vision_learner + fine_tune': fastai_fine_tune,
+           'fastai model, fast_impl stage groups + fine_tune': fastai_model_stages,
+           'fast_impl stage groups + slice(lr/10, lr)': stages_slice,
+           'fast_impl stage groups + layer decay 0.75': stages_decay}
+BASELINES = list(METHODS)[:3]
+
+
+def run(method, seed: int, path, n_per_class: int, E: int, lr: float, bs: int) -> tuple[float, float, int]:
+    "Accuracy on the unlabelled digits 5-9, seconds and number of groups of one fine-tuning run"
+    t = time.perf_counter()
+    set_seed(seed)
+    dls = digits_dls(range(5, 10), n_per_class=n_per_class, bs=bs, seed=seed)
+    learn, fit = method(dls, path, E, lr)
+    with learn.no_bar(), learn.no_logging():
+        fit()
+        acc = float(learn.validate()[1])
+    return acc, time.perf_counter() - t, len(learn.opt.param_lists)
+
+
+def tune(path, lrs: list[float], seeds, n_per_class: int, E: int, bs: int) -> tuple[dict, dict]:
+    "Each method's base LR: the best mean accuracy over the tuning `seeds` (other labelled images than the evaluation's)"
+    acc = {m: {lr: [] for lr in lrs} for m in METHODS}
+    for seed in progress_bar(list(seeds)):
+        for m, f in METHODS.items():
+            for lr in lrs: acc[m][lr].append(run(f, seed, path, n_per_class, E, lr, bs)[0])
+    return {m: max(lrs, key=lambda lr: np.mean(a[lr])) for m, a in acc.items()}, acc
+
+
+def evaluate(path, lr: dict, seeds, n_per_class: int, E: int, bs: int) -> dict:
+    "Accuracy, time and groups of each method in `lr` (name -> its base LR) on every evaluation seed"
+    res = {m: dict(acc=[], time=[], groups=0, lr=lr[m]) for m in lr}
+    for seed in progress_bar(list(seeds)):
+        for m in lr:
+            acc, t, g = run(METHODS[m], seed, path, n_per_class, E, lr[m], bs)
+            res[m]['acc'].append(acc); res[m]['time'].append(t); res[m]['groups'] = g
+    return res
+
+
+def table(res: dict) -> str:
+    "The markdown results table: mean ± std accuracy, time per run, groups, LR"
+    best = max(np.mean(res[m]['acc']) for m in BASELINES if m in res)
+    lines = ['| method | groups | base LR | accuracy (mean ± std) | vs best baseline | min | max | time per run (s) |',
+             '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+    for m, r in res.items():
+        a = np.array(r['acc']) * 100
+        lines.append(f"| {m} | {r['groups']} | {r['lr']:g} | {a.mean():.1f} ± {a.std(ddof=1) if len(a) > 1 else 0:.1f} % | "
+                     f"{a.mean() - best * 100:+.1f} | {a.min():.1f} | {a.max():.1f} | {np.mean(r['time']):.1f} |")
+    return '\n'.join(lines)
+
+
+def per_seed(res: dict, seeds) -> str:
+    "Accuracy of every method and seed (paired: each seed picks the same labelled images for every method)"
+    head = '| method | ' + ' | '.join(f'seed {s}' for s in seeds) + ' |'
+    rows = [f"| {m} | " + ' | '.join(f'{a * 100:.1f}' for a in r['acc']) + ' |' for m, r in res.items()]
+    return '\n'.join([head, '| --- |' + ' ---: |' * len(seeds), *rows])
