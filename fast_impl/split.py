@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 __all__ = ['split_stages', 'split_n', 'split_at', 'check_groups', 'group_table', 'stage_splitter', 'n_splitter',
-           'at_splitter', 'splitter', 'GroupError', 'GroupTable', 'GroupRow', 'Block', 'Plan', 'plan', 'STRATEGIES',
-           'register_strategy', 'FIXES', 'stage_blocks', 'group_names', 'balance', 'first_use_order', 'order_violations', 'guess_input_size']
+           'at_splitter', 'splitter', 'Splitter', 'GroupError', 'GroupTable', 'GroupRow', 'Block', 'Plan', 'plan',
+           'STRATEGIES', 'register_strategy', 'FIXES', 'stage_blocks', 'group_names', 'balance', 'first_use_order',
+           'order_violations', 'guess_input_size']
 
-import bisect, contextlib, itertools, re, warnings
+import bisect, contextlib, copy, itertools, re, warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -459,36 +460,63 @@ def _late(mods: list[str], heads: list[str], names: list[str]) -> list[str]:
 
 
 def _after_head(blocks: list[Block], names: list[str]) -> list[Block]:
-    "Blocks defined after the classifier (a final norm) run after it: they join the head"
+    "Last body blocks defined after the classifier (a final norm) run after it: they join the head, never the whole body"
     heads = [b for b in blocks if b.role == 'head']
     if not heads: return blocks
     at = {n: i for i, n in enumerate(names)}
-    start = min(at[p] for b in heads for p in b.params)
-    late = [b for b in blocks if b.role != 'head' and min(at[p] for p in b.params) > start]
-    if late: heads[0].params += [p for b in late for p in b.params]; heads[0].modules += [m for b in late for m in b.modules]
+    start = min(at[p] for b in heads for p in _own(b))
+    body = [b for b in blocks if b.role != 'head']
+    late = list(itertools.takewhile(lambda b: min(at[p] for p in _own(b)) > start, reversed(body)))
+    if not late or len(late) == len(body): return blocks  # the classifier defined first says nothing of the order
+    for b in reversed(late): heads[0].params += b.params; heads[0].modules += b.modules
     return [b for b in blocks if all(b is not x for x in late)]
 
 
+def _own(b: Block) -> list[str]:
+    "Parameters of `b` held under its modules (not those of an ancestor that `_fill` gave it), else all of them"
+    return [p for p in b.params if any(_under(p, m) for m in b.modules)] or b.params
+
+
 def _fill(blocks: list[Block], w: dict[str, int], body: nn.Module) -> list[Block]:
-    "Give each block the parameters under its modules; direct parameters of modules above them go to the stem"
+    "Give each block the parameters under its modules; direct parameters of modules above them join one block each"
     if not blocks: blocks = [Block([], [''], 'body', 0)]
     where = {m: b for b in blocks for m in b.modules}
+    above = []
     for n in w:
         parts, b = n.split('.'), None
         for i in range(len(parts) - 1, -1, -1):
             b = where.get('.'.join(parts[:i]))
             if b is not None: break
-        if b is None: b = _ancestor_block(n, blocks)
-        b.params.append(n)
+        if b is None: above.append(n)
+        else: b.params.append(n)
+    blocks = [b for b in blocks if b.params] or blocks[:1]
+    rank = _use_rank(body) if any(_LATE.search(n.rpartition('.')[2]) for n in above) else {}
+    for n in above: _ancestor_block(n, blocks, rank).params.append(n)
+    pos = {n: i for i, n in enumerate(w)}
+    for b in blocks: b.params.sort(key=pos.get)  # definition order, as the model lists them
     return [b for b in blocks if b.params]
 
 
-def _ancestor_block(name: str, blocks: list[Block]) -> Block:
-    "Block for a parameter held above the blocks: with the first block under its owner (cls_token), the last for a scale"
+def _ancestor_block(name: str, blocks: list[Block], rank: dict[str, int]) -> Block:
+    "Block for a parameter held above the blocks: the last one under its owner used before it, else the first (cls_token)"
     owner = _owner(name)
     under = [b for b in blocks if any(_under(m, owner) for m in b.modules)] or blocks
-    if _LATE.search(name.rpartition('.')[2]): return under[-1]
+    if name in rank:
+        before = [b for b in under if b.params and min(rank.get(p, len(rank)) for p in b.params) < rank[name]]
+        if before: return before[-1]
+    elif _LATE.search(name.rpartition('.')[2]): return under[-1]  # no forward pass: a scale is used after the children
     return next((b for b in under if b.role != 'head'), under[0])
+
+
+def _use_rank(body: nn.Module) -> dict[str, int]:
+    "Rank of each parameter of `body` by first use in a forward pass on meta copies of its tensors; empty when it fails"
+    def _rank():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                return {n: i for i, n in enumerate(_meta_order(body))}
+        except Exception: return {}
+    return _memo(('u', id(body)), _rank)
 
 
 # ---------------------------------------------------------------- plans and groups
@@ -558,7 +586,17 @@ def split_stages(model) -> list[list[nn.Parameter]]:
     "Layer groups of `model`: the stem, one group per stage, and the head last"
     with _scope():
         p = plan(model)
-        return _to_params(p.model, _stage_names(p))
+        groups = _stage_names(p)
+        if len(groups) == 1: _warn_one(p)
+        return _to_params(p.model, groups)
+
+
+def _warn_one(p: Plan) -> None:
+    "Warn when `p` gives one group though its model has several blocks or parameter-holding children: never silently"
+    kids = [n for n, c in p.model.named_children() if any(True for _ in c.parameters())]
+    if len(p.blocks) > 1 or len(kids) > 1:
+        warnings.warn(f"{type(p.model).__name__}: one layer group for {len(p.blocks)} blocks and {len(kids)} children "
+                      f"with parameters ({', '.join(kids[:4])}{', ...' if len(kids) > 4 else ''}); split_n or split_at cut it")
 
 
 def _check_n(n) -> int:
@@ -593,19 +631,24 @@ def split_n(model, n: int) -> list[list[nn.Parameter]]:
 
 
 def _split_n(p: Plan, n: int) -> list[list[nn.Parameter]]:
+    groups = _n_groups(p, n)
+    if len(groups) < n:
+        warnings.warn(f"{type(p.model).__name__} has {len(p.body)} body blocks: {len(groups)} groups instead of {n}")
+    return _to_params(p.model, groups)
+
+
+def _n_groups(p: Plan, n: int) -> list[list[str]]:
+    "Names in at most `n` groups: the body blocks (refined where heavy) balanced into `n - 1` runs, then the head"
     body, head = p.body, [q for b in p.head for q in b.params]
-    if n == 1 or not body: return _to_params(p.model, [[q for b in p.blocks for q in b.params]])
+    if n == 1 or not body: return [[q for b in p.blocks for q in b.params]]
     k = n - 1 if head else n
     w = _weights(p.model)
     body = _refine(body, w, sum(w[q] for b in body for q in b.params) / k, p.model)
-    if k > len(body):
-        warnings.warn(f"{type(p.model).__name__} has {len(body)} body blocks: {len(body) + bool(head)} groups instead of {n}")
-        k = len(body)
-    lens, groups, i = balance([sum(w[q] for q in b.params) for b in body], k), [], 0
+    lens, groups, i = balance([sum(w[q] for q in b.params) for b in body], min(k, len(body))), [], 0
     for m in lens:
         groups.append([q for b in body[i:i + m] for q in b.params])
         i += m
-    return _to_params(p.model, groups + ([head] if head else []))
+    return groups + ([head] if head else [])
 
 
 def _refine(blocks: list[Block], w: dict[str, int], cap: float, model: nn.Module) -> list[Block]:
@@ -726,26 +769,44 @@ def check_groups(model, groups) -> None:
 
 # ---------------------------------------------------------------- fastai splitters
 
-def stage_splitter() -> Callable:
+@dataclass
+class Splitter:
+    "A picklable fastai `splitter` (so `learn.export()` works): `kind` 'stages', 'n' (`arg` groups) or 'at' (`arg` cuts)"
+    kind: str = 'stages'
+    arg: object = None
+
+    def __post_init__(self):
+        if self.kind not in _SPLITS: raise ValueError(f"unknown splitter kind {self.kind!r}; valid: {', '.join(_SPLITS)}")
+        if self.kind == 'n': _check_n(self.arg)
+
+    def __call__(self, model) -> list[list[nn.Parameter]]: return _SPLITS[self.kind](model, self.arg)
+
+    @property
+    def groups(self): return 'stages' if self.kind == 'stages' else self.arg  # `splitter(s.groups) == s`
+
+    def __repr__(self) -> str: return f"{_MAKERS[self.kind]}({'' if self.kind == 'stages' else repr(self.arg)})"
+
+
+_SPLITS = {'stages': lambda m, _: split_stages(m), 'n': split_n, 'at': split_at}
+_MAKERS = {'stages': 'stage_splitter', 'n': 'n_splitter', 'at': 'at_splitter'}
+
+
+def stage_splitter() -> Splitter:
     "A fastai `splitter`: `split_stages` of the (maybe DDP-wrapped) model"
-    def _stages(model): return split_stages(model)
-    return _stages
+    return Splitter('stages')
 
 
-def n_splitter(n: int) -> Callable:
+def n_splitter(n: int) -> Splitter:
     "A fastai `splitter`: `split_n(model, n)`"
-    _check_n(n)
-    def _n(model): return split_n(model, n)
-    return _n
+    return Splitter('n', n)
 
 
-def at_splitter(paths) -> Callable:
+def at_splitter(paths) -> Splitter:
     "A fastai `splitter`: `split_at(model, paths)`"
-    def _at(model): return split_at(model, paths)
-    return _at
+    return Splitter('at', paths)
 
 
-def splitter(groups='stages') -> Callable:
+def splitter(groups='stages') -> Splitter:
     "A fastai `splitter` for `groups`: 'stages', a number of groups, or cut points (index paths / dotted names)"
     if groups == 'stages': return stage_splitter()
     if isinstance(groups, int) and not isinstance(groups, bool): return n_splitter(groups)
@@ -838,7 +899,20 @@ def first_use_order(model, input_size: Sequence[int] | None = None, device=None)
     "Dotted names of the parameters of `model` in the order a forward pass (eval mode) first uses them; unused ones left out"
     model = _as_model(model)
     device = device or next(iter(model.parameters()), torch.empty(0, device='meta')).device
-    x = torch.zeros(*(input_size or guess_input_size(model)), device=device)
+    return _run_order(model, torch.zeros(*(input_size or guess_input_size(model)), device=device))
+
+
+def _meta_order(model: nn.Module) -> list[str]:
+    "`first_use_order` of a copy of `model` with its parameters and buffers on meta: `model` itself is not touched"
+    ts = list(itertools.chain(model.parameters(), model.buffers()))
+    meta = {id(t): nn.Parameter(torch.empty_like(t, device='meta'), t.requires_grad) if isinstance(t, nn.Parameter)
+            else torch.empty_like(t, device='meta') for t in ts}
+    m = model if all(t.is_meta for t in ts) else copy.deepcopy(model, meta)  # the memo swaps in the meta tensors
+    return _run_order(m, torch.zeros(*guess_input_size(model), device='meta'))
+
+
+def _run_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    "Parameter names of `model` in first-use order of an eval forward pass on `x`"
     named = {id(p): n for n, p in model.named_parameters()}
     rec, training = _FirstUse(set(named)), model.training
     try:

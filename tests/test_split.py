@@ -1,7 +1,7 @@
 "Layer-group splitters: partition, forward order and head-last guarantees, on tiny models, random trees and a registry sample."
 from __future__ import annotations
 
-import warnings
+import pickle, warnings
 
 import pytest
 import torch
@@ -10,8 +10,8 @@ from torch import nn
 
 from fast_impl import models
 from fast_impl.resolve import resolve
-from fast_impl.split import (GroupError, at_splitter, check_groups, first_use_order, group_names, group_table,
-                             n_splitter, order_violations, plan, split_at, split_n, split_stages, splitter,
+from fast_impl.split import (GroupError, Splitter, at_splitter, check_groups, first_use_order, group_names,
+                             group_table, n_splitter, order_violations, plan, split_at, split_n, split_stages, splitter,
                              stage_blocks, stage_splitter)
 
 
@@ -103,6 +103,61 @@ def test_seeds():
     m = models.Plain18Layer(n_out=10)
     gs = split_stages(m)
     assert_head_last(m, gs, m[-1]); assert_order(m, gs, (1, 3, 32, 32))
+
+
+class RootScale(nn.Module):
+    "A root parameter `name` used after the stem (after the classifier when `late`); maybe the classifier defined first"
+    def __init__(self, name='scale', late=False, fc_first=False, shared=False):
+        super().__init__()
+        if fc_first: self.fc = nn.Linear(8, 10)
+        self.name, self.late = name, late
+        setattr(self, name, nn.Parameter(torch.ones(1)))
+        self.stem = nn.Conv2d(3, 8, 3)
+        self.body = nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=1) for _ in range(4)])
+        if shared: self.body[2] = self.body[1]  # one module at two places
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        if not fc_first: self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        s = getattr(self, self.name)
+        if self.late: return self.fc(self.pool(self.body(self.stem(x))).flatten(1)) * s
+        return self.fc(self.pool(self.body(self.stem(x) * s)).flatten(1))
+
+
+@pytest.mark.parametrize('kw', [dict(name='scale'), dict(name='gamma'), dict(name='logit_scale'), dict(name='alpha'),
+                                dict(name='scale', fc_first=True), dict(name='alpha', fc_first=True),
+                                dict(name='scale', shared=True)])
+def test_root_param_does_not_collapse(kw):
+    "A root parameter named like a late scale, or a classifier defined first, never merges the body into the head"
+    m = RootScale(**kw)
+    before = [(n, p) for n, p in m.named_parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        gs, g3 = split_stages(m), split_n(m, 3)
+    assert len(gs) >= 3 and len(g3) == 3
+    for g in (gs, g3): assert_partition(m, g); assert_order(m, g, (1, 3, 16, 16))
+    assert _has(gs[0], getattr(m, kw['name'])) and _same(gs[-1], m.fc.parameters())
+    assert all(p is q and not p.is_meta for (_, p), (_, q) in zip(before, m.named_parameters()))  # traced on a copy
+
+
+@pytest.mark.parametrize('traced', [True, False])
+def test_root_scale_used_last_joins_head(traced):
+    "A root scale used after the classifier joins the head: seen in a meta forward pass, else guessed from its name"
+    m = RootScale('gamma', late=True)
+    if not traced: m.forward = lambda x, y: x  # the meta forward pass fails: the name decides
+    gs = split_stages(m)
+    assert len(gs) >= 3 and _has(gs[-1], m.gamma) and len(gs[-1]) == 3
+    assert_partition(m, gs)
+
+
+def test_one_group_warns():
+    "One group from several blocks, or fewer than `n` groups, always says so"
+    m = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1))
+    with pytest.warns(UserWarning, match='one layer group for 2 blocks'): assert len(split_stages(m)) == 1
+    with pytest.warns(UserWarning, match='1 groups instead of 3'): assert len(split_n(nn.Linear(2, 2), 3)) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert len(split_stages(nn.Linear(2, 2))) == len(split_n(m, 1)) == 1
 
 
 # ---------------------------------------------------------------- split_n, split_at, errors
@@ -198,9 +253,38 @@ def test_fastai_cut_torchvision_body():
     assert len(split_n(m, 4)) == 4 and _same(split_n(m, 4)[-1], m[1].parameters())
 
 
+def test_splitters_pickle():
+    "Splitters are module-level objects: they pickle (for `learn.export()`), read back equal and split the same"
+    m = resolve('torchvision:resnet18')
+    for s in (stage_splitter(), n_splitter(3), at_splitter(['layer2', [7]]), splitter('layer3'), splitter(4), splitter()):
+        back = pickle.loads(pickle.dumps(s))
+        assert isinstance(back, Splitter) and back == s and repr(back) == repr(s) and splitter(back.groups) == s
+        assert [list(map(id, g)) for g in back(m)] == [list(map(id, g)) for g in s(m)]
+    assert repr(stage_splitter()) == 'stage_splitter()' and repr(n_splitter(3)) == 'n_splitter(3)'
+    assert repr(at_splitter('layer3')) == "at_splitter('layer3')"
+
+
+def _image(i) -> torch.Tensor: return torch.zeros(3, 16, 16)
+def _label(i) -> torch.Tensor: return torch.tensor(i % 2)
+
+
+def test_fastai_export_with_splitter(tmp_path):
+    "A fastai Learner with a split.py splitter exports and loads back with the same groups"
+    _fastai()
+    from fastai.data.core import Datasets
+    from fastai.learner import Learner, load_learner
+    dls = Datasets(range(4), tfms=[[_image], [_label]], splits=[[0, 1], [2, 3]]).dataloaders(bs=2, num_workers=0)
+    learn = Learner(dls, RootScale(), loss_func=nn.CrossEntropyLoss(), splitter=stage_splitter())
+    learn.export(tmp_path / 'learn.pkl')
+    back = load_learner(tmp_path / 'learn.pkl')
+    assert back.splitter == stage_splitter()
+    assert [len(g) for g in back.splitter(back.model)] == [len(g) for g in learn.splitter(learn.model)]
+
+
 def test_splitter_bad_input():
     with pytest.raises(ValueError, match="'stages', a number of groups"): splitter(3.5)
     with pytest.raises(ValueError, match='n must be'): n_splitter(0)
+    with pytest.raises(ValueError, match='unknown splitter kind'): Splitter('bad')
 
 
 # ---------------------------------------------------------------- random module trees (hypothesis)
