@@ -10,7 +10,7 @@ _API = {
     'summary': ['arch_summary', 'count_parameters', 'param_table', 'ArchSummary', 'ParamTable'],
     'stats': ['layer_summary', 'compare_archs', 'LayerSummary', 'Comparison'],
     'split': ['split_stages', 'split_n', 'split_at', 'check_groups', 'group_table', 'stage_splitter',
-              'n_splitter', 'at_splitter', 'splitter', 'GroupError', 'stage_blocks', 'group_names',
+              'n_splitter', 'at_splitter', 'splitter', 'Splitter', 'GroupError', 'stage_blocks', 'group_names',
               'first_use_order', 'order_violations'],
     'learner': ['discriminative_learner', 'layer_decay', 'no_decay_params'],
     'data': ['digits_dls', 'digits_images'],

@@ -1,7 +1,7 @@
 "fastai integration (the only module importing fastai): discriminative Learners, layer decay, no-decay policy, group reports."
 from __future__ import annotations
 
-__all__ = ['discriminative_learner', 'DiscriminativeLearner', 'GroupSplitter', 'build_model', 'classifier_name',
+__all__ = ['discriminative_learner', 'DiscriminativeLearner', 'build_model', 'classifier_name',
            'set_classifier', 'load_body', 'arch_stats', 'layer_decay', 'no_decay_params', 'is_norm', 'GroupsReport']
 
 import os, re, warnings
@@ -19,6 +19,7 @@ from fastai.vision.core import imagenet_stats
 
 from .render import Report, fmt_int, pretty_table
 from .resolve import resolve
+from .split import check_groups, splitter
 from .tree import unwrap
 
 # ---------------------------------------------------------------- norm and weight-decay policy
@@ -171,7 +172,6 @@ class DiscriminativeLearner(Learner):
     def create_opt(self):
         from fastai.optimizer import OptimWrapper
         if not isinstance(self.opt_func, OptimWrapper):
-            from .split import check_groups
             check_groups(unwrap(self.model), _as_groups(self.splitter(self.model)))
         super().create_opt()
 
@@ -183,21 +183,9 @@ class DiscriminativeLearner(Learner):
         super().freeze_to(n)
 
 
-class GroupSplitter:
-    "A picklable fastai splitter (so `learn.export()` works): 'stages', a number of groups, or cut paths"
-    def __init__(self, groups='stages'):
-        from .split import splitter
-        self.groups, self._f = groups, splitter(groups)  # checks `groups` now, with a clear error
-
-    def __call__(self, model): return self._f(model)
-    def __getstate__(self): return {'groups': self.groups}
-    def __setstate__(self, d): self.__init__(d['groups'])
-    def __repr__(self): return f'GroupSplitter({self.groups!r})'
-
-
 def _splitter(groups):
     "A splitter function for `groups`: 'stages', a number of groups, cut paths, or a splitter function"
-    return groups if callable(groups) else GroupSplitter(groups)
+    return groups if callable(groups) else splitter(groups)
 
 
 def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:

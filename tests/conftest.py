@@ -1,9 +1,14 @@
 "Shared fixtures: golden text files (regenerate with `pytest --regen-golden`), tiny models, meta checks."
 from __future__ import annotations
 
-import pathlib
+import os, pathlib
 
 import pytest
+from hypothesis import settings
+
+# CI replays the same examples every run (a failure there is reproducible, never flaky); locally they vary
+settings.register_profile('ci', derandomize=True, print_blob=True)
+if os.environ.get('CI'): settings.load_profile('ci')
 
 GOLDEN = pathlib.Path(__file__).parent / 'golden'
 

@@ -381,3 +381,17 @@ def test_group_table_with_learning_rates():
     assert head_row.split('|')[2].strip() == 'fc' and head_row.split('|')[-2].strip() == '0.001'
     assert 'lr' not in group_table(m, gs).to_df().columns
     with pytest.raises(ValueError, match='lrs has 2 learning rates for 6 groups'): group_table(m, gs, lrs=[1, 2])
+
+
+@pytest.mark.parametrize('flags', list(__import__('itertools').product([False, True], repeat=4)))
+def test_tree_found_by_hypothesis_in_ci(flags):
+    "A random tree on which an earlier split_stages put a LayerNorm's group before the Linear that runs first"
+    t1, g1, t2, g2 = flags
+    inner = nn.Sequential(nn.Sequential(nn.Linear(D, D)), nn.Linear(D, D), nn.Sequential(nn.LayerNorm(D), nn.ReLU()))
+    m = Node([nn.Sequential(nn.Linear(D, D)), Node([inner, nn.ReLU(), nn.Sequential(nn.ReLU())], t2, g2)], t1, g1)
+    order = first_use_order(m, (2, D))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        for gs in (split_stages(m), split_n(m, 2), split_n(m, 3)):
+            assert_partition(m, gs)
+            assert order_violations(m, gs, order) == []
