@@ -31,8 +31,10 @@ def command(f: Callable) -> Callable:
 
 
 def _ints(s: str, what: str) -> tuple[int, ...]:
-    try: return tuple(int(x) for x in s.split(','))
-    except ValueError: raise CliError(f"{what} must be comma-separated integers such as 1,3,224,224, got {s!r}") from None
+    try: out = tuple(int(x) for x in s.split(','))
+    except ValueError: out = ()
+    if not out or min(out) < 1: raise CliError(f"{what} must be comma-separated positive integers such as 1,3,224,224, got {s!r}")
+    return out
 
 
 def _path(steps) -> list:
@@ -90,8 +92,9 @@ def _lrs(n: int, lr: str | None, decay: float | None) -> list[float] | None:
         if lo is not None: raise CliError('give either --lr LO:HI or --decay D (with an optional --lr HI), not both')
         from .learner import layer_decay
         return [float(x) for x in layer_decay(hi, n, decay)]
-    if lo is None: return [hi] * n
-    return [lo * (hi / lo) ** (i / max(n - 1, 1)) for i in range(n)]
+    if lo is None or n == 1: return [hi] * n  # fastai gives a single group the slice's upper end
+    from fastcore.basics import even_mults  # how fastai spreads slice(lo, hi) over the groups
+    return [float(x) for x in even_mults(lo, hi, n)]
 
 
 @command
@@ -163,14 +166,21 @@ def run(argv: list[str]) -> int:
     return f(*pargs, **args) or 0
 
 
+def _user_errors() -> tuple[type, ...]:
+    "Exceptions that mean bad input (an unknown arch is a ValueError), plus a forward pass failing on the given input"
+    errs = [CliError, IndexError, KeyError, ValueError, FileNotFoundError]
+    stats = sys.modules.get('fast_impl.stats')
+    return tuple(errs + ([stats.ForwardError] if stats else []))
+
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `fast-impl`: bad input prints one line and exits with status 2"
     import warnings
-    from .resolve import UnknownArchError
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised inside fastai's import
     try: return run(sys.argv[1:] if argv is None else argv)
     except SystemExit as e: return int(e.code or 0)  # --help
-    except (CliError, UnknownArchError, IndexError, KeyError, ValueError, FileNotFoundError) as e:
+    except Exception as e:
+        if not isinstance(e, _user_errors()): raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f'fast-impl: error: {msg}', file=sys.stderr)
         return 2

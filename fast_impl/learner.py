@@ -18,7 +18,7 @@ from fastai.torch_core import norm_types
 from fastai.vision.core import imagenet_stats
 
 from .render import Report, fmt_int, pretty_table
-from .resolve import resolve
+from .resolve import read_weights, resolve
 from .split import check_groups, splitter
 from .tree import unwrap
 
@@ -109,19 +109,9 @@ def _drop_aux(model: nn.Module) -> nn.Module:
 _AUX = re.compile(r'^(aux1|aux2|AuxLogits)\.')
 
 
-def _state_dict(path) -> dict:
-    "The state dict in weights file `path` (also inside a checkpoint's 'model'/'state_dict'), without DDP/compile prefixes"
-    if not os.path.isfile(path): raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    sd = torch.load(path, map_location='cpu', weights_only=True)
-    for k in ('model', 'state_dict', 'model_state_dict'):
-        if isinstance(sd, dict) and isinstance(sd.get(k), dict): sd = sd[k]
-    if not isinstance(sd, dict): raise ValueError(f"{str(path)!r} holds a {type(sd).__name__}, expected a state dict")
-    return {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in sd.items()}
-
-
 def load_body(model: nn.Module, path) -> nn.Module:
     "Load weights file `path` into `model`: every tensor but the classifier must fit (auxiliary heads are ignored)"
-    sd, own, head = _state_dict(path), model.state_dict(), classifier_name(model) + '.'
+    sd, own, head = read_weights(path), model.state_dict(), classifier_name(model) + '.'
     fits = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in fits and not k.startswith(head) and not _AUX.match(k)]
     extra = [k for k in sd if k not in fits and not k.startswith(head) and not _AUX.match(k)]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 __all__ = ['resolve', 'arch_name', 'UnknownArchError', 'register_source', 'SOURCES', 'known_names', 'on_meta',
-           'load_weights']
+           'load_weights', 'read_weights']
 
 import difflib, inspect, os, warnings
 from typing import Callable
@@ -33,7 +33,8 @@ def _timm():
 @register_source('fast_impl')
 def _fast_impl_builder(name: str):
     from . import models
-    return getattr(models, name, None) if name in models.__all__ else None
+    obj = getattr(models, name, None) if name in models.__all__ else None
+    return obj if isinstance(obj, type) and issubclass(obj, nn.Module) else None
 
 
 @register_source('timm')
@@ -78,7 +79,7 @@ def _fastai_builder(name: str):
 
 def known_names(prefix: str | None = None) -> list[str]:
     "Every arch name the registries know (for `prefix` only, when given), as `prefix:name`"
-    lists = {'fast_impl': lambda: __import__('fast_impl.models', fromlist=['x']).__all__,
+    lists = {'fast_impl': lambda: [n for n in __import__('fast_impl.models', fromlist=['x']).__all__ if _fast_impl_builder(n)],
              'timm': lambda: _timm().list_models(),
              'torchvision': lambda: __import__('torchvision').models.list_models(),
              'fastai': _xresnet_names}
@@ -136,6 +137,9 @@ def resolve(arch, device: str | torch.device | None = 'meta', pretrained: bool |
     """
     if isinstance(arch, nn.Module):
         if kwargs: raise TypeError(f"builder arguments {sorted(kwargs)} given with an already built module")
+        if pretrained is True:
+            raise ValueError(f"{type(arch).__name__} is already built and holds its weights: for the registry's "
+                             f"pretrained weights pass its name (e.g. 'resnet50'), or pass a weights file path")
         if pretrained not in (False, None): load_weights(arch, pretrained)
         return arch
     if isinstance(arch, str): builder = _lookup(arch.strip())
@@ -167,15 +171,21 @@ def _cpu_fallback(builder, kwargs, err) -> nn.Module:
     return _call(builder, kwargs, False)
 
 
-def load_weights(model: nn.Module, path) -> nn.Module:
-    "Load a local weights file (a state dict, or a checkpoint holding one under 'model'/'state_dict') into `model`"
+def read_weights(path) -> dict:
+    "The state dict in weights file `path` (also inside a checkpoint's 'model'/'state_dict'), without DDP/compile prefixes"
+    import re
     if not os.path.isfile(path): raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     sd = torch.load(path, map_location='cpu', weights_only=True)
     for k in ('model', 'state_dict', 'model_state_dict'):
         if isinstance(sd, dict) and isinstance(sd.get(k), dict): sd = sd[k]
     if not isinstance(sd, dict):
         raise ValueError(f"{str(path)!r} holds a {type(sd).__name__}, expected a state dict of tensors")
-    own = model.state_dict()
+    return {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in sd.items()}
+
+
+def load_weights(model: nn.Module, path) -> nn.Module:
+    "Load a local weights file (a state dict, or a checkpoint holding one under 'model'/'state_dict') into `model`"
+    sd, own = read_weights(path), model.state_dict()
     skip = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]  # e.g. a head for other classes
     missing, unexpected = model.load_state_dict({k: v for k, v in sd.items() if k not in skip}, strict=False)
     missing = [k for k in missing if k not in skip]

@@ -6,7 +6,7 @@ __all__ = ['split_stages', 'split_n', 'split_at', 'check_groups', 'group_table',
            'STRATEGIES', 'register_strategy', 'FIXES', 'stage_blocks', 'group_names', 'balance', 'first_use_order',
            'order_violations', 'guess_input_size']
 
-import bisect, contextlib, copy, itertools, re, warnings
+import bisect, contextlib, itertools, re, warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .render import Report, fmt_int, pretty_table
-from .tree import find_module, unwrap
+from .tree import copy_to, eval_mode, find_module, unwrap
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _LATE = re.compile(r'(^|_)(gamma|scale|logit_scale|temperature|temp)($|_)')  # direct params used after the children
@@ -65,6 +65,19 @@ def _as_model(model) -> nn.Module:
     if isinstance(model, nn.Module): return unwrap(model)
     from .resolve import resolve
     return unwrap(resolve(model))
+
+
+def _grouped_model(model) -> nn.Module:
+    "The module that groups were split from: a name or builder would build a new model that holds none of them"
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"pass the module the groups were split from, not {model!r}: a name or builder builds a new "
+                        f"model, e.g. m = resolve('resnet18'); group_table(m, split_stages(m))")
+    return unwrap(model)
+
+
+def _what(t) -> str:
+    "How a group entry that is not a parameter of the model is named in messages"
+    return f'tensor of shape {tuple(t.shape)}' if isinstance(t, torch.Tensor) else f'{type(t).__name__} (not a Parameter)'
 
 
 def _fastai_head(m: nn.Module) -> bool:
@@ -705,7 +718,9 @@ def _cut_names(model: nn.Module, paths) -> list[str]:
     "Dotted module names for `paths`: one path (int, dotted name, index list) or a list of them"
     if isinstance(paths, (int, str)): paths = [paths]
     paths = list(paths)
-    if paths and all(isinstance(x, int) and not isinstance(x, bool) for x in paths): paths = [paths]
+    if len(paths) > 1 and all(isinstance(x, int) and not isinstance(x, bool) for x in paths):
+        raise ValueError(f"split_at({paths}) is ambiguous: write {[paths]} for one cut at index path {paths}, "
+                         f"or {[[x] for x in paths]} for {len(paths)} cuts")
     v = _view(model)
     out = []
     for path in paths:
@@ -742,22 +757,22 @@ def _param_pos(name: str, pos: dict[str, int]) -> int:
 
 
 def group_names(model, groups: list[list[nn.Parameter]]) -> list[list[str]]:
-    "The dotted parameter names in each of `groups` (unknown tensors shown by shape)"
-    model = _as_model(model)
+    "The dotted parameter names in each of `groups` (anything else shown as `<what it is>`)"
+    model = _grouped_model(model)
     names = {id(p): n for n, p in model.named_parameters()}
-    return [[names.get(id(p), f'<tensor {tuple(p.shape)}>') for p in g] for g in groups]
+    return [[names.get(id(p), f'<{_what(p)}>') for p in g] for g in groups]
 
 
 def check_groups(model, groups) -> None:
     "Raise `GroupError` unless `groups` partition the parameters of `model`: naming every missing, duplicated or foreign one"
-    model = _as_model(model)
+    model = _grouped_model(model)
     names = {id(p): n for n, p in _params(model)}
     seen, dup, foreign, empty = set(), [], [], []
     for i, g in enumerate(groups):
         g = list(g)
         if not g: empty.append(i)
         for p in g:
-            if id(p) not in names: foreign.append(f'group {i}: tensor of shape {tuple(p.shape)}')
+            if id(p) not in names: foreign.append(f'group {i}: {_what(p)}')
             elif id(p) in seen: dup.append(names[id(p)])
             seen.add(id(p))
     missing = [n for i, n in names.items() if i not in seen]
@@ -852,7 +867,7 @@ class GroupTable(Report):
 
 def group_table(model, groups: list[list[nn.Parameter]], lrs: Sequence[float] | None = None) -> GroupTable:
     "A table of `groups` of `model`: per group the first and last module path, tensors, parameters, % of total (and `lrs`)"
-    model = _as_model(model)
+    model = _grouped_model(model)
     if lrs is not None and len(lrs) != len(groups):
         raise ValueError(f"lrs has {len(lrs)} learning rates for {len(groups)} groups; give one per group")
     names = group_names(model, groups)
@@ -904,28 +919,22 @@ def first_use_order(model, input_size: Sequence[int] | None = None, device=None)
 
 def _meta_order(model: nn.Module) -> list[str]:
     "`first_use_order` of a copy of `model` with its parameters and buffers on meta: `model` itself is not touched"
-    ts = list(itertools.chain(model.parameters(), model.buffers()))
-    meta = {id(t): nn.Parameter(torch.empty_like(t, device='meta'), t.requires_grad) if isinstance(t, nn.Parameter)
-            else torch.empty_like(t, device='meta') for t in ts}
-    m = model if all(t.is_meta for t in ts) else copy.deepcopy(model, meta)  # the memo swaps in the meta tensors
+    m = model if all(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())) else copy_to(model, 'meta')
     return _run_order(m, torch.zeros(*guess_input_size(model), device='meta'))
 
 
 def _run_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     "Parameter names of `model` in first-use order of an eval forward pass on `x`"
     named = {id(p): n for n, p in model.named_parameters()}
-    rec, training = _FirstUse(set(named)), model.training
-    try:
-        model.eval()
-        with torch.no_grad(), rec: model(x)
-    finally: model.train(training)
+    rec = _FirstUse(set(named))
+    with eval_mode(model), torch.no_grad(), rec: model(x)
     return [named[i] for i in sorted(rec.seen, key=rec.seen.get)]
 
 
 def order_violations(model, groups: list[list[nn.Parameter]], order: list[str] | None = None,
                      input_size: Sequence[int] | None = None) -> list[str]:
     "Each parameter first used before a parameter of an earlier group, said with that one (empty: groups follow forward order)"
-    model = _as_model(model)
+    model = _grouped_model(model)
     order = order if order is not None else first_use_order(model, input_size)
     rank = {n: i for i, n in enumerate(order)}
     bad, done, at = [], -1, None

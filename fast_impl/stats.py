@@ -19,7 +19,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from .render import Report, fmt_int, fmt_shape, html_table
 from .resolve import arch_name, resolve
-from .tree import num_params, unwrap, walk
+from .tree import copy_to, eval_mode, num_params, unwrap, walk
 
 CONVENTION = ('mult-adds: one per multiply-accumulate of conv, linear, matmul and attention '
               '(torch.utils.flop_counter FLOPs / 2), plus one per bias element added by a conv or linear')
@@ -139,17 +139,6 @@ def _hooked(model: nn.Module, stack: list, traces: dict):
         for h in handles: h.remove()
 
 
-@contextmanager
-def _eval_mode(model: nn.Module):
-    "Put `model` in eval mode, restoring every module's own `training` flag afterwards"
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, t in modes: m.training = t
-
-
 @dataclass
 class _Pass:
     "The outcome of one counted forward pass"
@@ -170,7 +159,7 @@ def _forward(model: nn.Module, inputs: tuple, device: torch.device, structure: b
     stack, traces = [model], {}
     counter = _OpCounter(stack, {id(q) for q in model.parameters()} if structure else None)
     try:
-        with _eval_mode(model), _hooked(model, stack, traces), torch.no_grad(), counter:
+        with eval_mode(model), _hooked(model, stack, traces), torch.no_grad(), counter:
             out = model(*args, **kwargs)
     except Exception as e:
         raise _forward_error(e, model, stack[-1], device) from e
@@ -232,23 +221,11 @@ def _is_on(model: nn.Module, device: torch.device) -> bool:
     return all(t.device.type == device.type and device.index in (None, t.device.index) for t in _tensors(model))
 
 
-def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
-    "A deep copy of `model` on `device`, tied weights kept tied; each tensor goes straight to `device` (no CPU copy)"
-    memo = {}
-    for t in _tensors(model):
-        moved = t.detach().to(device)
-        memo[id(t)] = nn.Parameter(moved, t.requires_grad) if isinstance(t, nn.Parameter) else moved
-    try: return copy.deepcopy(model, memo)
-    except Exception as e:
-        raise TypeError(f"cannot copy {type(model).__name__} to {device} ({type(e).__name__}: {e}); pass its builder "
-                        f"or name instead, or a model already on {device}") from e
-
-
 def _prepare(arch, device: torch.device, kwargs: dict) -> nn.Module:
     "`arch` as a module on `device`: a given module is used where it is on `device`, else copied (never changed)"
     if isinstance(arch, nn.Module):
         model = unwrap(resolve(arch, **kwargs))
-        return model if _is_on(model, device) else _copy_to(model, device)
+        return model if _is_on(model, device) else copy_to(model, device)
     model = unwrap(resolve(arch, device=device, **kwargs))
     return model if _is_on(model, device) else model.to(device)  # built by us: free to move
 
@@ -271,7 +248,7 @@ def _cpu_model(arch, kwargs: dict) -> nn.Module:
     if not isinstance(arch, nn.Module): return unwrap(resolve(arch, device=cpu, **kwargs))
     model = unwrap(arch)
     if any(t.is_meta for t in _tensors(model)): return _materialize(model)
-    return model if _is_on(model, cpu) else _copy_to(model, cpu)
+    return model if _is_on(model, cpu) else copy_to(model, cpu)
 
 
 def _meta_only(e: BaseException | None) -> bool:

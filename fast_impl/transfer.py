@@ -19,6 +19,7 @@ from fastprogress.fastprogress import progress_bar
 
 from .data import digits_dls
 from .learner import discriminative_learner, layer_decay
+from .resolve import read_weights
 from .split import stage_splitter
 
 
@@ -73,9 +74,7 @@ def _fastai_learner(dls, path, splitter=None):
     kw = {} if splitter is None else dict(splitter=splitter)
     learn = vision_learner(dls, xresnet18_half, pretrained=False, normalize=False, metrics=accuracy, **kw)
     body = learn.model[0]
-    sd = {k: v for k, v in torch.load(path, weights_only=True).items() if k in body.state_dict()}
-    assert len(sd) == len(body.state_dict()), 'the pretrained weights do not fit fastai\'s body'
-    body.load_state_dict(sd)
+    body.load_state_dict({k: v for k, v in read_weights(path).items() if k in body.state_dict()})  # strict: all must fit
     return learn
 
 

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 __all__ = ['Node', 'walk', 'get_module', 'find_module', 'to_steps', 'path_name', 'index_path', 'unwrap',
-           'unique_params', 'num_params', 'is_leaf', 'n_layers']
+           'unique_params', 'num_params', 'is_leaf', 'n_layers', 'eval_mode', 'copy_to']
 
+import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
+import torch
 from torch import nn
 
 Path = Union[int, str, Sequence[Union[int, str]], None]
@@ -126,3 +129,26 @@ def n_layers(m: nn.Module) -> int:
     "Seed 004's layer count: children of a Sequential, leaf modules of anything else (a leaf counts 1)"
     if isinstance(m, nn.Sequential) and len(m): return len(m)
     return sum(is_leaf(x) for x in m.modules())
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    "Put `model` in eval mode, restoring every module's own `training` flag afterwards"
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, t in modes: m.training = t
+
+
+def copy_to(model: nn.Module, device) -> nn.Module:
+    "A deep copy of `model` on `device`, tied weights kept tied; each tensor goes straight to `device` (no CPU copy)"
+    memo = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        moved = t.detach().to(device)
+        memo[id(t)] = nn.Parameter(moved, t.requires_grad) if isinstance(t, nn.Parameter) else moved
+    try: return copy.deepcopy(model, memo)
+    except Exception as e:
+        raise TypeError(f"cannot copy {type(model).__name__} to {device} ({type(e).__name__}: {e}); pass its builder "
+                        f"or name instead, or a model already on {device}") from e

@@ -103,3 +103,19 @@ def test_demo_quick_writes_table_and_plot(tmp_path):
     assert (tmp_path / 'transfer.png').stat().st_size > 10_000
     rows = [l for l in (tmp_path / 'results.md').read_text().splitlines() if l.startswith('| ')]
     assert len(rows) == 8  # header, rule, 6 methods
+
+
+@pytest.mark.parametrize('args,msg', [
+    (['layers', 'fast_impl:SimpleCNN', '--input', '1,4,32,32'], "forward pass on meta failed in module 'conv1' (Conv2d)"),
+    (['layers', 'fast_impl:SimpleCNN', '--input', '0,3,32,32'], '--input must be comma-separated positive integers'),
+    (['summary', 'fast_impl:VGG_CFGS'], "unknown arch 'fast_impl:VGG_CFGS'"),
+])
+def test_input_the_model_cannot_take_is_one_line(args, msg):
+    r = cli(*args, ok=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
+
+
+def test_groups_lr_for_a_single_group_is_the_upper_end():
+    from fast_impl.cli import _lrs
+    assert _lrs(1, '1e-5:1e-3', None) == [1e-3]  # as fastai gives slice(lo, hi) to a single group
+    assert _lrs(3, '1e-5:1e-3', None) == pytest.approx([1e-5, 1e-4, 1e-3])

@@ -249,3 +249,20 @@ def test_giant_vit_summary_needs_no_weight_memory():
             "print(t.to_df().params.sum(), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)")
     params, mb = map(int, _run(code).split())
     assert params > 1_000_000_000 and mb < 100
+
+
+def test_built_module_with_pretrained_true_is_a_clear_error():
+    with pytest.raises(ValueError, match="already built and holds its weights.*pass its name"):
+        resolve(nn.Linear(2, 2), pretrained=True)
+
+
+def test_only_module_classes_are_fast_impl_archs():
+    with pytest.raises(UnknownArchError, match="no fast_impl model"): resolve('fast_impl:VGG_CFGS')
+    assert 'fast_impl:VGG_CFGS' not in fast_impl.known_names('fast_impl')
+
+
+def test_ddp_checkpoint_prefixes_are_stripped(tmp_path):
+    src = fast_impl.models.SimpleCNN(3)
+    torch.save({f'module.{k}': v for k, v in src.state_dict().items()}, tmp_path / 'ddp.pth')
+    m = resolve('fast_impl:SimpleCNN', pretrained=tmp_path / 'ddp.pth')
+    assert torch.equal(m.conv1.bias, src.conv1.bias)

@@ -213,8 +213,8 @@ def _ddp_worker(rank, world, port, q):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        learn = discriminative_learner(synth_dls(), 'fastai:xresnet18', groups='stages', widen=0.25)
+        torch.manual_seed(0)  # each rank trains on its own images: equal weights afterwards need synchronised gradients
+        learn = discriminative_learner(synth_dls(seed=rank), 'fastai:xresnet18', groups='stages', widen=0.25)
         learn.model = nn.parallel.DistributedDataParallel(learn.model)  # as fastai's DistributedTrainer does
         learn.create_opt()
         names = {id(p): n for n, p in learn.model.module.named_parameters()}
