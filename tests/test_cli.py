@@ -81,7 +81,7 @@ def test_every_command_has_help():
     (['summary', 'resnt50'], "unknown arch 'resnt50'"),
     (['summary', 'torchvision:resnet18', 12], 'index 12 is out of range'),
     (['summary', 'torchvision:resnet18', 'layer9'], "no child named 'layer9'"),
-    (['layers', 'fast_impl:SimpleCNN', '--input', '1,3,x'], '--input must be comma-separated integers'),
+    (['layers', 'fast_impl:SimpleCNN', '--input', '1,3,x'], '--input must be comma-separated positive integers'),
     (['layers', 'fast_impl:SimpleCNN', '--depth', 'q'], "invalid int value: 'q'"),
     (['layers', 'fast_impl:SimpleCNN', '--format', 'pdf'], 'invalid choice'),
     (['groups', 'torchvision:resnet18', '--n', 2, '--stages'], 'give one of --stages, --n N, --at PATHS'),
