@@ -559,5 +559,6 @@ def compare_archs(archs, input_size=(1, 3, 224, 224), device='meta', input_data=
         device: where the passes run (`'meta'`: no weights).
         input_data: inputs given to every arch instead of random ones.
     """
-    return Comparison([_record(n, a, input_size, device, input_data, dtype) for n, a in _named(archs)],
-                      ', '.join(n for n, _ in _named(archs)))
+    named = _named(archs)
+    return Comparison([_record(n, a, input_size, device, input_data, dtype) for n, a in named],
+                      ', '.join(n for n, _ in named))
