@@ -573,26 +573,23 @@ def _to_params(model: nn.Module, groups: list[list[str]]) -> list[list[nn.Parame
     return out
 
 
-def _stage_names(p: Plan) -> list[list[str]]:
+def _by_stage(p: Plan, attr: str) -> list[list[str]]:
+    "The `attr` ('params' or 'modules') of the blocks of `p`, gathered per `split_stages` group (stem, stages, head)"
     groups, key = [], None
     for b in p.blocks:
         k = ('head',) if b.role == 'head' else (b.stage,)
         if k != key: groups.append([])
-        groups[-1] += b.params
+        groups[-1] += getattr(b, attr)
         key = k
     return groups
+
+
+def _stage_names(p: Plan) -> list[list[str]]: return _by_stage(p, 'params')
 
 
 def stage_blocks(model) -> list[list[str]]:
     "Dotted module names per `split_stages` group (stem, stages, head): the module ranges of each group"
-    p = plan(model)
-    groups, key = [], None
-    for b in p.blocks:
-        k = ('head',) if b.role == 'head' else (b.stage,)
-        if k != key: groups.append([])
-        groups[-1] += b.modules
-        key = k
-    return groups
+    return _by_stage(plan(model), 'modules')
 
 
 def split_stages(model) -> list[list[nn.Parameter]]:
