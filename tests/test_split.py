@@ -1,7 +1,7 @@
 "Layer-group splitters: partition, forward order and head-last guarantees, on tiny models, random trees and a registry sample."
 from __future__ import annotations
 
-import pickle, warnings
+import functools, pickle, warnings
 
 import pytest
 import torch
@@ -353,12 +353,35 @@ def _sample() -> list[str]:
     return fams + [f'torchvision:{n}' for n in torchvision.models.list_models(module=torchvision.models)]
 
 
-@pytest.mark.parametrize('name', _sample())
-def test_registry_sample(name):
+@functools.lru_cache(maxsize=None)
+def _built(name: str) -> nn.Module:
+    "A registry model on meta, built once per test session (the sample test and the golden pin share it)"
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         m = resolve(name)
-    if not all(p.is_meta for p in m.parameters()): m = m.to('meta')
+    return m if all(p.is_meta for p in m.parameters()) else m.to('meta')
+
+
+def _starts(m, groups) -> str:
+    "Where each group starts: the module holding its first parameter"
+    return ' '.join(n[0].rpartition('.')[0] or n[0] for n in group_names(m, groups))
+
+
+def test_registry_golden(golden):
+    "One line per sample model: strategy, where each split_stages group starts, where the split_n(m, 4) groups start"
+    lines = []
+    for name in _sample():
+        m = _built(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            gs, g4 = split_stages(m), split_n(m, 4)
+        lines.append(f'{name} [{plan(m).strategy}]\n  stages: {_starts(m, gs)}\n  n4: {_starts(m, g4)}')
+    golden('registry_splits', '\n'.join(lines))
+
+
+@pytest.mark.parametrize('name', _sample())
+def test_registry_sample(name):
+    m = _built(name)
     gs, g4 = split_stages(m), split_n(m, 4)
     assert_partition(m, gs); assert_partition(m, g4)
     assert len(gs) >= 2 and 2 <= len(g4) <= 4
