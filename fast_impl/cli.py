@@ -9,7 +9,9 @@ from typing import Annotated, Callable
 
 from fastcore.script import anno_parser, store_true
 
-COMMANDS: dict[str, Callable] = {}
+from .registry import Registry
+
+COMMANDS = Registry('command')
 ARCH_HELP = 'a timm name, torchvision:NAME, fastai:xresnet18 or fast_impl:Plain18Layer'
 
 
@@ -25,9 +27,8 @@ FmtArg = Annotated[str, {'choices': [f.value for f in Fmt]}]  # argparse lists t
 
 
 def command(f: Callable) -> Callable:
-    "Register `f` as the subcommand `f.__name__`"
-    COMMANDS[f.__name__] = f
-    return f
+    "Register `f` as the subcommand `f.__name__` (a name taken twice is an error)"
+    return COMMANDS.register()(f)
 
 
 def _ints(s: str, what: str) -> tuple[int, ...]:

@@ -10,7 +10,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-SOURCES: dict[str, Callable] = {}  # prefix -> function(name) returning a builder or None
+from .registry import Registry
+
+SOURCES = Registry('arch source')  # prefix -> function(name) returning a builder or None
 
 
 class UnknownArchError(ValueError):
@@ -18,11 +20,8 @@ class UnknownArchError(ValueError):
 
 
 def register_source(prefix: str):
-    "Decorator: register `f(name) -> builder | None` as the lookup for names written `prefix:name`"
-    def _inner(f):
-        SOURCES[prefix] = f
-        return f
-    return _inner
+    "Decorator: register `f(name) -> builder | None` as the lookup for names written `prefix:name` (a taken prefix is an error)"
+    return SOURCES.register(prefix)
 
 
 def _timm():

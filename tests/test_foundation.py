@@ -107,3 +107,14 @@ def test_second_make_test_reuses_the_venv():
     assert r.returncode == 0
     dry = subprocess.run(['make', '-n', 'test'], cwd=ROOT, capture_output=True, text=True).stdout
     assert 'pip install' not in dry and '-m venv' not in dry and 'pytest' in dry
+
+
+def test_registries_refuse_a_duplicate_name():
+    "Arch sources, split strategies and CLI commands are ordered tables that refuse a name taken twice"
+    from fast_impl.cli import COMMANDS, command
+    from fast_impl.resolve import SOURCES, register_source
+    assert list(SOURCES) == ['fast_impl', 'timm', 'torchvision', 'fastai'] and 'summary' in COMMANDS
+    with pytest.raises(ValueError, match="arch source 'timm' is already registered"): register_source('timm')(print)
+    def summary(): pass
+    with pytest.raises(ValueError, match="command 'summary' is already registered"): command(summary)
+    with pytest.raises(ValueError, match="unknown arch source 'nope'; valid: fast_impl, timm"): SOURCES.get_or_raise('nope')
