@@ -441,3 +441,16 @@ def test_order_check_restores_every_modules_mode():
     m[1].eval()
     first_use_order(m, (2, D))
     assert [x.training for x in m.modules()] == [True, True, False, True]
+
+
+def test_strategy_that_does_not_apply_says_so():
+    "A strategy asked for by name that does not apply is told apart from a model without parameters"
+    from fast_impl.split import StrategyError
+    from fast_impl.split.plan import STRATEGIES
+    m = resolve('fastai:xresnet18')
+    with pytest.raises(StrategyError, match="strategy 'timm' does not apply to XResNet; valid: timm, generic"):
+        plan(m, strategy='timm')
+    with pytest.raises(ValueError, match="unknown split strategy 'nope'; valid: timm, generic"): plan(m, strategy='nope')
+    with pytest.raises(ValueError, match='has no parameters to split'): plan(nn.ReLU())
+    with pytest.raises(ValueError, match="split strategy 'timm' is already registered"): STRATEGIES.register('timm')(print)
+    assert plan(m, strategy='generic').strategy == 'generic'

@@ -1,0 +1,135 @@
+"The records every split is made of (`Block`, `Plan`), the part of a model to look at, and `Index`, one model's walks."
+from __future__ import annotations
+
+__all__ = ['Block', 'Plan', 'Index', 'View', 'view', 'as_model', 'owner', 'under', 'span', 'classifiers', 'CONTAINERS', 'LATE']
+
+import re, warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from torch import nn
+
+from ..tree import unwrap
+
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+LATE = re.compile(r'(^|_)(gamma|scale|logit_scale|temperature|temp)($|_)')  # direct params used after the children
+
+
+@dataclass
+class Block:
+    "Parameters that stay together in every split: their dotted names, the modules they span, role and stage number"
+    params: list[str]
+    modules: list[str]
+    role: str = 'body'  # 'stem' | 'body' | 'head'
+    stage: int = 0
+    whole: bool = False  # never cut into sub-modules (a family fix put interleaved modules together)
+
+
+class Index:
+    "One module's named parameters and modules, walked once and shared by every step of a split (no module state)"
+    def __init__(self, model: nn.Module): self.model = model
+
+    @cached_property
+    def params(self) -> list[tuple[str, nn.Parameter]]: return list(self.model.named_parameters())
+
+    @cached_property
+    def modules(self) -> list[tuple[str, nn.Module]]: return list(self.model.named_modules())
+
+    @cached_property
+    def weights(self) -> dict[str, int]: return {n: p.numel() for n, p in self.params}
+
+    @cached_property
+    def rank(self) -> dict[str, int]:
+        "Rank of each parameter by first use in a forward pass on meta copies of its tensors; empty when it fails"
+        from .trace import meta_order
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                return {n: i for i, n in enumerate(meta_order(self.model))}
+        except Exception: return {}
+
+    def name_of(self, m: nn.Module) -> str | None:
+        "The first dotted name of module `m`, if it is in the model"
+        return next((n for n, x in self.modules if x is m), None)
+
+
+@dataclass
+class Plan:
+    "A model cut into ordered `blocks` by `strategy`: the unit every split is made of"
+    model: nn.Module
+    blocks: list[Block]
+    strategy: str
+    index: Index | None = field(default=None, repr=False, compare=False)  # the model's walks, shared by its splits
+
+    @property
+    def head(self) -> list[Block]: return [b for b in self.blocks if b.role == 'head']
+
+    @property
+    def body(self) -> list[Block]: return [b for b in self.blocks if b.role != 'head']
+
+
+# ---------------------------------------------------------------- the model to look at
+
+@dataclass
+class View:
+    "The part of a (maybe fastai-wrapped) model to analyse: `body` whose names start with `prefix`, plus a fastai head"
+    model: nn.Module
+    body: nn.Module
+    prefix: str = ''
+    head: str | None = None
+
+
+def as_model(model) -> nn.Module:
+    "`model` as a bare module: a name or builder is built on meta, DDP/compile wrappers removed"
+    if isinstance(model, nn.Module): return unwrap(model)
+    from ..resolve import resolve
+    return unwrap(resolve(model))
+
+
+def _fastai_head(m: nn.Module) -> bool:
+    "True when `m` looks like fastai's `create_head` (pool, flatten, ..., Linear)"
+    kinds = {type(c).__name__ for c in m.children()}
+    return isinstance(m, nn.Sequential) and any(isinstance(c, nn.Linear) for c in m.modules()) \
+        and bool(kinds & {'AdaptiveConcatPool2d', 'AdaptiveAvgPool2d', 'Flatten'})
+
+
+def view(model: nn.Module) -> View:
+    "Find the body of `vision_learner`'s `Sequential(TimmBody | cut body, head)`, or the model itself"
+    if isinstance(model, nn.Sequential) and len(model) == 2:
+        body, head = model[0], model[1]
+        if type(body).__name__ == 'TimmBody' and isinstance(getattr(body, 'model', None), nn.Module):
+            return View(model, unwrap(body.model), '0.model.', '1')
+        if isinstance(body, nn.Sequential) and _fastai_head(head): return View(model, body, '0.', '1')
+    return View(model, model)
+
+
+# ---------------------------------------------------------------- names
+
+def owner(name: str) -> str:
+    "The dotted name of the module holding parameter (or module) `name`"
+    return name.rpartition('.')[0]
+
+
+def under(name: str, mod: str) -> bool:
+    "True when `name` is module `mod` or inside it (everything is under the root, '')"
+    return mod == '' or name == mod or name.startswith(mod + '.')
+
+
+def span(params: list[str]) -> list[str]:
+    "The distinct owning modules of `params`, in order"
+    return list(dict.fromkeys(owner(p) for p in params))
+
+
+def classifiers(body: nn.Module) -> list[nn.Module]:
+    "The classifier modules: timm's `get_classifier()`, else the last Linear, else a top-level `classifier`/`fc`/`head`"
+    get = getattr(body, 'get_classifier', None)
+    if callable(get):
+        try: c = get()
+        except Exception: c = None
+        cs = [m for m in (c if isinstance(c, (tuple, list)) else [c]) if isinstance(m, nn.Module)]
+        if cs or c is not None: return [m for m in cs if any(True for _ in m.parameters())]
+    lins = [m for m in body.modules() if isinstance(m, nn.Linear)]
+    if lins: return lins[-1:]
+    kids = dict(body.named_children())
+    return [kids[n] for n in ('classifier', 'fc', 'head', 'heads', 'last_linear') if n in kids
+            and any(True for _ in kids[n].parameters())][:1]

@@ -1,0 +1,235 @@
+"The generic strategy: blocks from the module tree, for any model (the main run of repeated blocks, the stem before it)."
+from __future__ import annotations
+
+__all__ = ['generic_blocks']
+
+import itertools
+
+from torch import nn
+
+from .blocks import CONTAINERS, LATE, Block, Index, classifiers, owner, under
+
+
+def _head_names(ix: Index) -> list[str]:
+    "Module names of the head: each classifier, widened to its parent while the parent adds no other weight matrix"
+    body, names, heads = ix.model, {m: n for n, m in ix.modules}, []
+    for c in classifiers(body):
+        name = names.get(c)
+        if name is None: continue
+        while name:
+            parent = owner(name) if '.' in name else ''
+            if not parent or _has_matrix(body.get_submodule(parent), c): break
+            name = parent
+        heads.append(name)
+    return heads
+
+
+def _has_matrix(m: nn.Module, besides: nn.Module) -> bool:
+    "True when `m` holds a weight matrix (ndim >= 2) outside `besides`"
+    own = {id(p) for p in besides.parameters()}
+    return any(p.ndim >= 2 and id(p) not in own for p in m.parameters())
+
+
+class _Tree:
+    "Parameter counts per module name (head excluded) and the modules that hold parameters, for structure detection"
+    def __init__(self, ix: Index, heads: list[str]):
+        self.heads = heads
+        self.mods = dict(ix.modules)
+        self.w: dict[str, int] = {}
+        for n, p in ix.params:
+            if self.in_head(n): continue
+            parts = n.split('.')
+            for i in range(len(parts)): self.w['.'.join(parts[:i])] = self.w.get('.'.join(parts[:i]), 0) + p.numel()
+
+    def in_head(self, name: str) -> bool: return any(under(name, h) for h in self.heads)
+
+    def kids(self, node: str) -> list[str]:
+        "Parameter-holding children of `node` outside the head; a head's ancestor is replaced by its own kids"
+        out = []
+        for n, _ in self.mods[node].named_children():
+            full = f'{node}.{n}' if node else n
+            if any(under(h, full) and h != full for h in self.heads): out += self.kids(full)
+            elif self.w.get(full) and not self.in_head(full): out.append(full)
+        return out
+
+    def cls(self, name: str) -> type: return type(self.mods[name])
+    def leaf(self, name: str) -> bool: return not any(True for _ in self.mods[name].children())
+
+
+def _pools(tree: _Tree, node: str) -> list[int]:
+    "Positions (in `tree.kids(node)` terms: index of the next kid) of parameter-free pooling children of `node`"
+    kids, cuts, seen = tree.kids(node), [], 0
+    for n, c in tree.mods[node].named_children():
+        full = f'{node}.{n}' if node else n
+        if full in kids: seen += 1
+        elif 'pool' in type(c).__name__.lower() and 0 < seen < len(kids): cuts.append(seen)
+    return sorted(set(cuts))
+
+
+def _aux(name: str) -> bool:
+    "An auxiliary classifier (googlenet `aux1`, inception `AuxLogits`): not used in eval mode, ignored when weighing"
+    return name.rpartition('.')[2].lower().startswith('aux')
+
+
+def _core_weight(tree: _Tree, kids: list[str]) -> int: return sum(tree.w[k] for k in kids if not _aux(k))
+
+
+def _window(tree: _Tree, kids: list[str]) -> tuple[int, int, type] | None:
+    "The run of composite kids around the most repeated class (ties: the heavier), when it holds half the weight"
+    total, best = _core_weight(tree, kids), None
+    for c in dict.fromkeys(tree.cls(k) for k in kids if not _aux(k)):
+        at = [i for i, k in enumerate(kids) if tree.cls(k) is c]
+        lo, hi = at[0], at[-1] + 1
+        if len(at) < 2 or any(tree.leaf(k) for k in kids[lo:hi]): continue
+        wt = _core_weight(tree, kids[lo:hi])
+        if max(tree.w[kids[i]] for i in at) * 10 > wt * 9: continue  # one member is nearly all of it: look inside
+        if wt * 2 >= total and (best is None or (len(at), wt) > best[0]): best = ((len(at), wt), (lo, hi, c))
+    return best and best[1]
+
+
+def _descend(tree: _Tree) -> tuple[str, list[str], list[str]]:
+    "Walk down to the node holding the trunk: returns it with the stem and tail siblings met on the way"
+    node, stem, tail = '', [], []
+    while True:
+        kids = tree.kids(node)
+        if not kids or _window(tree, kids): return node, stem, tail
+        heavy = max(kids, key=lambda k: 0 if _aux(k) else tree.w[k])
+        sub = tree.kids(heavy)
+        if tree.w[heavy] * 2 < _core_weight(tree, kids) or len(sub) < 2 or _flat(tree, heavy) and not _pools(tree, heavy):
+            return node, stem, tail
+        i = kids.index(heavy)
+        stem, tail, node = stem + kids[:i], kids[i + 1:] + tail, heavy
+
+
+def _flat(tree: _Tree, node: str) -> bool: return all(tree.leaf(k) for k in tree.kids(node))
+
+
+def _width(tree: _Tree, name: str) -> int:
+    "Output width of a block: the first dimension of its last weight matrix"
+    mats = [p for p in tree.mods[name].parameters() if p.ndim >= 2]
+    return mats[-1].shape[0] if mats else 0
+
+
+def _cut(items: list, at: list[int]) -> list[list]:
+    at = [0] + [i for i in at if 0 < i < len(items)] + [len(items)]
+    return [items[a:b] for a, b in zip(at, at[1:]) if b > a]
+
+
+def _leafish_stages(tree: _Tree, node: str, kids: list[str], lo: int, hi: int, c: type) -> list[list[str]]:
+    "Stages of a run of plain blocks: cut at pools, else where the width changes, else one stage per block"
+    run = kids[lo:hi]
+    cuts = [i - lo for i in _pools(tree, node) if lo < i < hi]
+    if cuts: return _cut(run, cuts)
+    widths = [_width(tree, k) for k in run]
+    cuts = [i for i in range(1, len(run)) if tree.cls(run[i]) is c and widths[i] != widths[i - 1]]
+    if cuts: return _cut(run, cuts)
+    return _cut(run, [i for i in range(1, len(run)) if tree.cls(run[i]) is c])
+
+
+def _stages_at(tree: _Tree, node: str) -> tuple[list[str], list[list[str]], list[str]]:
+    "Split the kids of trunk `node` into stem kids, stages (lists of kids) and tail kids"
+    kids = tree.kids(node)
+    win = _window(tree, kids)
+    if win:
+        lo, hi, c = win
+        if issubclass(c, CONTAINERS): stages = _cut(kids[lo:hi], [i - lo for i in range(lo + 1, hi) if tree.cls(kids[i]) is c])
+        else: stages = _leafish_stages(tree, node, kids, lo, hi, c)
+        return kids[:lo], stages, kids[hi:]
+    segs = _fallback_segments(tree, node, kids)
+    return (segs[0] if len(segs) > 1 else []), segs[1:] if len(segs) > 1 else segs, []
+
+
+def _fallback_segments(tree: _Tree, node: str, kids: list[str]) -> list[list[str]]:
+    "No repeated run: cut a flat node at its pools; elsewhere expand flat kids at their pools, runs of one class together"
+    if _flat(tree, node) and _pools(tree, node): return _cut(kids, _pools(tree, node))
+    segs = []
+    for k in kids:
+        if not tree.leaf(k) and _flat(tree, k) and _pools(tree, k): segs += _cut(tree.kids(k), _pools(tree, k))
+        elif segs and tree.cls(segs[-1][-1]) is tree.cls(k): segs[-1].append(k)
+        else: segs.append([k])
+    return segs
+
+
+def _stage_blocks(tree: _Tree, stage: list[str]) -> list[list[str]]:
+    "Blocks of a stage: a container's parameter-holding kids, other modules whole"
+    out = []
+    for k in stage:
+        sub = tree.kids(k) if isinstance(tree.mods[k], CONTAINERS) else []
+        out += [[s] for s in sub] if len(sub) > 1 else [[k]]
+    return out
+
+
+def generic_blocks(ix: Index, headless: bool) -> list[Block]:
+    "Blocks from the module tree: the main run of repeated blocks (stages), what runs before it (stem) and after (head)"
+    w = ix.weights
+    heads = [] if headless else _head_names(ix)
+    tree = _Tree(ix, heads)
+    node, stem, tail = _descend(tree)
+    kstem, stages, ktail = _stages_at(tree, node)
+    stem, tail = stem + kstem, ktail + tail
+    late = _late(tail, heads, list(w))
+    tail = [t for t in tail if t not in late]
+    mods = [[stem]] if stem else []
+    mods += [_stage_blocks(tree, s) for s in stages]
+    if tail: mods[-1] = mods[-1][:-1] + [mods[-1][-1] + tail] if mods else [tail]
+    blocks = [Block([], b, 'stem' if stem and i == 0 else 'body', i) for i, st in enumerate(mods) for b in st]
+    if heads: blocks.append(Block([], heads + late, 'head', len(mods)))
+    return _after_head(_fill(blocks, ix), list(w))
+
+
+def _late(mods: list[str], heads: list[str], names: list[str]) -> list[str]:
+    "Those of `mods` defined after the head (a final norm): they run after the classifier"
+    if not heads: return []
+    first = lambda m: next((i for i, n in enumerate(names) if under(n, m)), -1)
+    start = min(first(h) for h in heads)
+    return [m for m in mods if first(m) > start]
+
+
+def _after_head(blocks: list[Block], names: list[str]) -> list[Block]:
+    "Last body blocks defined after the classifier (a final norm) run after it: they join the head, never the whole body"
+    heads = [b for b in blocks if b.role == 'head']
+    if not heads: return blocks
+    at = {n: i for i, n in enumerate(names)}
+    start = min(at[p] for b in heads for p in _own(b))
+    body = [b for b in blocks if b.role != 'head']
+    late = list(itertools.takewhile(lambda b: min(at[p] for p in _own(b)) > start, reversed(body)))
+    if not late or len(late) == len(body): return blocks  # the classifier defined first says nothing of the order
+    for b in reversed(late): heads[0].params += b.params; heads[0].modules += b.modules
+    return [b for b in blocks if all(b is not x for x in late)]
+
+
+def _own(b: Block) -> list[str]:
+    "Parameters of `b` held under its modules (not those of an ancestor that `_fill` gave it), else all of them"
+    return [p for p in b.params if any(under(p, m) for m in b.modules)] or b.params
+
+
+def _fill(blocks: list[Block], ix: Index) -> list[Block]:
+    "Give each block the parameters under its modules; direct parameters of modules above them join one block each"
+    w = ix.weights
+    if not blocks: blocks = [Block([], [''], 'body', 0)]
+    where = {m: b for b in blocks for m in b.modules}
+    above = []
+    for n in w:
+        parts, b = n.split('.'), None
+        for i in range(len(parts) - 1, -1, -1):
+            b = where.get('.'.join(parts[:i]))
+            if b is not None: break
+        if b is None: above.append(n)
+        else: b.params.append(n)
+    blocks = [b for b in blocks if b.params] or blocks[:1]
+    rank = ix.rank if any(LATE.search(n.rpartition('.')[2]) for n in above) else {}
+    for n in above: _ancestor_block(n, blocks, rank).params.append(n)
+    pos = {n: i for i, n in enumerate(w)}
+    for b in blocks: b.params.sort(key=pos.get)  # definition order, as the model lists them
+    return [b for b in blocks if b.params]
+
+
+def _ancestor_block(name: str, blocks: list[Block], rank: dict[str, int]) -> Block:
+    "Block for a parameter held above the blocks: the last one under its owner used before it, else the first (cls_token)"
+    own = owner(name)
+    inside = [b for b in blocks if any(under(m, own) for m in b.modules)] or blocks
+    if name in rank:
+        before = [b for b in inside if b.params and min(rank.get(p, len(rank)) for p in b.params) < rank[name]]
+        if before: return before[-1]
+    elif LATE.search(name.rpartition('.')[2]): return inside[-1]  # no forward pass: a scale is used after the children
+    return next((b for b in inside if b.role != 'head'), inside[0])

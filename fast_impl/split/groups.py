@@ -1,0 +1,197 @@
+"The group functions: stages (`split_stages`), N balanced groups (`split_n`) and explicit cuts (`split_at`)."
+from __future__ import annotations
+
+__all__ = ['split_stages', 'split_n', 'split_at', 'stage_blocks', 'balance', 'check_n']
+
+import bisect, warnings
+from typing import Sequence
+
+from torch import nn
+
+from ..tree import find_module
+from .blocks import CONTAINERS, LATE, Block, Index, Plan, as_model, owner, view
+from .check import check_groups
+from .plan import plan
+
+
+def _to_params(ix: Index, groups: list[list[str]]) -> list[list[nn.Parameter]]:
+    ps = dict(ix.params)
+    out = [[ps[n] for n in g] for g in groups]
+    check_groups(ix.model, out)
+    return out
+
+
+def _by_stage(p: Plan, attr: str) -> list[list[str]]:
+    "The `attr` ('params' or 'modules') of the blocks of `p`, gathered per `split_stages` group (stem, stages, head)"
+    groups, key = [], None
+    for b in p.blocks:
+        k = ('head',) if b.role == 'head' else (b.stage,)
+        if k != key: groups.append([])
+        groups[-1] += getattr(b, attr)
+        key = k
+    return groups
+
+
+def stage_blocks(model) -> list[list[str]]:
+    "Dotted module names per `split_stages` group (stem, stages, head): the module ranges of each group"
+    return _by_stage(plan(model), 'modules')
+
+
+def split_stages(model) -> list[list[nn.Parameter]]:
+    "Layer groups of `model`: the stem, one group per stage, and the head last"
+    p = plan(model)
+    groups = _by_stage(p, 'params')
+    if len(groups) == 1: _warn_one(p)
+    return _to_params(p.index, groups)
+
+
+def _warn_one(p: Plan) -> None:
+    "Warn when `p` gives one group though its model has several blocks or parameter-holding children: never silently"
+    kids = [n for n, c in p.model.named_children() if any(True for _ in c.parameters())]
+    if len(p.blocks) > 1 or len(kids) > 1:
+        warnings.warn(f"{type(p.model).__name__}: one layer group for {len(p.blocks)} blocks and {len(kids)} children "
+                      f"with parameters ({', '.join(kids[:4])}{', ...' if len(kids) > 4 else ''}); split_n or split_at cut it")
+
+
+def check_n(n) -> int:
+    "`n` if it is a whole number of groups >= 1, else a `ValueError`"
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a whole number of groups >= 1, got {n!r}")
+    return n
+
+
+def balance(weights: Sequence[int], k: int) -> list[int]:
+    "Lengths of `k` contiguous non-empty runs of `weights` (k <= len) whose largest sum is as small as can be"
+    lo, hi = max(weights), sum(weights)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(_pack(weights, mid, k)) <= k: hi = mid
+        else: lo = mid + 1
+    return [len(r) for r in _pack(weights, lo, k)]
+
+
+def _pack(weights: Sequence[int], cap: int, k: int) -> list[list[int]]:
+    "Greedy runs under `cap`, closing a run early when each remaining item must start one to reach `k` runs"
+    runs = []
+    for i, x in enumerate(weights):
+        close = runs and (sum(runs[-1]) + x > cap or len(weights) - i <= k - len(runs))
+        if not runs or close: runs.append([])
+        runs[-1].append(x)
+    return runs
+
+
+def split_n(model, n: int) -> list[list[nn.Parameter]]:
+    "`n` contiguous layer groups of `model`, cut at block boundaries and balanced by parameter count, the head last"
+    p, n = plan(model), check_n(n)
+    groups = _n_groups(p, n)
+    if len(groups) < n:
+        warnings.warn(f"{type(p.model).__name__} has {len(p.body)} body blocks: {len(groups)} groups instead of {n}")
+    return _to_params(p.index, groups)
+
+
+def _n_groups(p: Plan, n: int) -> list[list[str]]:
+    "Names in at most `n` groups: the body blocks (refined where heavy) balanced into `n - 1` runs, then the head"
+    body, head = p.body, [q for b in p.head for q in b.params]
+    if n == 1 or not body: return [[q for b in p.blocks for q in b.params]]
+    k = n - 1 if head else n
+    w = p.index.weights
+    body = _refine(body, w, sum(w[q] for b in body for q in b.params) / k, p.model)
+    lens, groups, i = balance([sum(w[q] for q in b.params) for b in body], min(k, len(body))), [], 0
+    for m in lens:
+        groups.append([q for b in body[i:i + m] for q in b.params])
+        i += m
+    return groups + ([head] if head else [])
+
+
+def _refine(blocks: list[Block], w: dict[str, int], cap: float, model: nn.Module) -> list[Block]:
+    "Blocks heavier than `cap` cut into the blocks of the container they hold, in order, as far as they go"
+    out = []
+    for b in blocks:
+        parts = _sub_blocks(b, model) if sum(w[q] for q in b.params) > cap and not b.whole else [b]
+        out += _refine(parts, w, cap, model) if len(parts) > 1 else parts
+    return out
+
+
+def _sub_blocks(b: Block, model: nn.Module) -> list[Block]:
+    "`b` cut into the children of the sequence below the module all its parameters share; the others join an end part"
+    parts = [n.split('.') for n in b.params]
+    depth = 0
+    while all(len(q) > depth + 1 and q[depth] == parts[0][depth] for q in parts): depth += 1
+    top = model.get_submodule('.'.join(parts[0][:depth]))
+    if isinstance(top, CONTAINERS): first, last = [n for n, q in zip(b.params, parts) if len(q) <= depth + 1], []
+    else:
+        seq = _main_seq(top)
+        if seq is None: return [b]  # a residual block or a module with no one sequence inside: keep it whole
+        first, last = _ends(b.params, parts, depth, top, seq)
+        depth += 1
+    runs = {}
+    for n, q in zip(b.params, parts):
+        if n not in first and n not in last: runs.setdefault('.'.join(q[:depth + 1]), []).append(n)
+    if len(runs) < 2: return [b]
+    subs = [Block(ps, [k], b.role, b.stage) for k, ps in runs.items()]
+    subs[0].params, subs[-1].params = first + subs[0].params, subs[-1].params + last
+    return subs
+
+
+def _main_seq(top: nn.Module) -> str | None:
+    "The child of `top` that is a sequence of 2+ modules holding most of its parameters (a stage's `blocks`), if any"
+    total = sum(p.numel() for p in top.parameters())
+    return next((n for n, c in top.named_children() if isinstance(c, CONTAINERS) and len(c) > 1
+                 and 2 * sum(p.numel() for p in c.parameters()) > total), None)
+
+
+def _ends(params: list[str], parts: list[list[str]], depth: int, top: nn.Module, seq: str) -> tuple[list[str], list[str]]:
+    "Parameters of `top` outside its sequence `seq`: those that run first (defined before it, downsampling) and last"
+    kids = [n for n, _ in top.named_children()]
+    first, last = [], []
+    for n, q in zip(params, parts):
+        kid = q[depth] if len(q) > depth + 1 else None
+        if kid == seq: continue
+        if kid is None: late = bool(LATE.search(q[-1]))
+        else: late = kids.index(kid) > kids.index(seq) and not kid.startswith('down')
+        (last if late else first).append(n)
+    return first, last
+
+
+def _cut_names(model: nn.Module, paths) -> list[str]:
+    "Dotted module names for `paths`: one path (int, dotted name, index list) or a list of them"
+    if isinstance(paths, (int, str)): paths = [paths]
+    paths = list(paths)
+    if len(paths) > 1 and all(isinstance(x, int) and not isinstance(x, bool) for x in paths):
+        raise ValueError(f"split_at({paths}) is ambiguous: write {[paths]} for one cut at index path {paths}, "
+                         f"or {[[x] for x in paths]} for {len(paths)} cuts")
+    v = view(model)
+    out = []
+    for path in paths:
+        try: out.append(find_module(model, path)[0])
+        except (IndexError, KeyError, TypeError) as e:
+            if v.body is model: raise
+            try: name = find_module(v.body, path)[0]
+            except (IndexError, KeyError, TypeError): raise e from None
+            out.append(v.prefix + name)
+    return out
+
+
+def split_at(model, paths) -> list[list[nn.Parameter]]:
+    "Layer groups of `model` cut before each module in `paths` (index paths like `[4]`, dotted names like `'layer2'`)"
+    model = as_model(model)
+    cuts = _cut_names(model, paths)
+    if not cuts: raise ValueError("split_at needs at least one cut: an index path like [4] or a dotted name like 'layer2'")
+    order = [n for n, _ in model.named_modules()]
+    pos = {n: i for i, n in enumerate(order)}
+    bounds = sorted({pos[c] for c in cuts})
+    groups = [[] for _ in range(len(bounds) + 1)]
+    for n, _ in model.named_parameters(): groups[bisect.bisect_right(bounds, _param_pos(n, pos))].append(n)
+    starts = ['the start'] + [repr(order[b]) for b in bounds]
+    empty = [s for g, s in zip(groups, starts) if not g]
+    if empty:
+        from .check import GroupError
+        raise GroupError(f"cuts at {cuts} leave empty groups (from {', '.join(empty)}); cut only where parameters follow")
+    return _to_params(Index(model), groups)
+
+
+def _param_pos(name: str, pos: dict[str, int]) -> int:
+    "Position, in `named_modules` order, of the module holding parameter `name`"
+    m = owner(name)
+    while m not in pos: m = owner(m)
+    return pos[m]

@@ -1,0 +1,91 @@
+"The timm strategy: blocks from a model's own `group_matcher` (fine groups as blocks, coarse groups as stages)."
+from __future__ import annotations
+
+__all__ = ['timm_blocks']
+
+import itertools, re
+from typing import Callable
+
+from torch import nn
+
+from .blocks import Block, Index, classifiers, owner, span
+
+
+def _ordinal(name: str, matcher) -> tuple:
+    if callable(matcher):
+        o = matcher(name)
+        return tuple(o) if isinstance(o, (tuple, list)) else (o,)
+    for rx, pre, suf in matcher:
+        r = rx.match(name)
+        if r: return tuple(float(x) for part in (pre, r.groups(), suf) if part for x in part)
+    return (float('inf'),)
+
+
+def _compile(spec) -> list | Callable:
+    if callable(spec): return spec
+    out = []
+    for i, (_, m) in enumerate(spec.items()):
+        if m is None: continue
+        for rx, suf in (m if isinstance(m, (tuple, list)) else [(m, None)]): out.append((re.compile(rx), (i,), suf))
+    return out
+
+
+def _match(names: list[str], spec) -> list[tuple[list[str], bool]]:
+    "timm's `group_with_matcher`: groups of `names` in ordinal order, each with whether it is the unmatched rest"
+    matcher, by = _compile(spec), {}
+    for n in names: by.setdefault(_ordinal(n, matcher), []).append(n)
+    groups = []
+    for k in sorted(by):
+        if groups and k[-1] == 99999: groups[-1][0].extend(by[k])
+        else: groups.append((list(by[k]), k[0] == float('inf')))
+    return groups
+
+
+def _sane(groups: list[list[str]], w: dict[str, int], head: set[str]) -> bool:
+    "A coarse grouping is sane: 3+ groups, the classifier in the last, neither end holding most of the rest"
+    total = sum(w.values()) or 1
+    if len(groups) < 3 or not head <= set(groups[-1]): return False
+    first, last = sum(w[n] for n in groups[0]), sum(w[n] for n in groups[-1] if n not in head)
+    return first <= total / 2 and last <= total / 2
+
+
+def timm_blocks(ix: Index, headless: bool) -> list[Block] | None:
+    "Blocks from timm's `group_matcher`: fine groups as blocks, coarse groups as stages, when the coarse ones are sane"
+    body = ix.model
+    gm = getattr(body, 'group_matcher', None)
+    if not callable(gm): return None
+    try: coarse, fine = gm(coarse=True), gm(coarse=False)
+    except Exception: return None
+    w = ix.weights
+    names = list(w)
+    head = {f'{n}.{p}' if n else p for c in classifiers(body) for n in [ix.name_of(c)] if n is not None
+            for p, _ in c.named_parameters()} & set(names)
+    cg, fg = _match(names, coarse), _match(names, fine)
+    if not _sane([g for g, _ in cg], w, head): return None
+    stage_of = {n: i for i, (g, _) in enumerate(cg) for n in g}
+    if any(len({stage_of[n] for n in g}) > 1 for g, _ in fg): fg = cg
+    last = len(cg) - 1
+    blocks = [Block(g, span(g), 'head' if stage_of[g[0]] == last and (rest or head & set(g)) else
+                    'stem' if stage_of[g[0]] == 0 else 'body', stage_of[g[0]]) for g, rest in fg]
+    return _pre_head(blocks, ix, head)
+
+
+def _pre_head(blocks: list[Block], ix: Index, head: set[str]) -> list[Block]:
+    "Layers with weight matrices leading timm's unmatched rest (`conv_head`, `pre_logits`) run before the classifier: a body block"
+    mats = {owner(n) for n, p in ix.params if p.ndim >= 2}
+    outs = {m.out_features for c in classifiers(ix.model) for m in c.modules() if isinstance(m, nn.Linear)}
+    mats -= {n for n, m in ix.modules if isinstance(m, nn.Linear) and m.out_features in outs}  # aux heads
+    out = []
+    for b in blocks:
+        pre = []
+        for n in (b.params if b.role == 'head' else []):
+            if n in head or owner(n) not in mats: break
+            pre.append(n)
+        tops = {n.split('.')[0] for n in pre}
+        pre = list(itertools.takewhile(lambda n: n.split('.')[0] in tops and n not in head, b.params)) if pre else []
+        if pre and len(pre) < len(b.params):
+            out.append(Block(pre, span(pre), 'body', out[-1].stage if out else b.stage))
+            b.params = b.params[len(pre):]
+            b.modules = span(b.params)
+        out.append(b)
+    return out
