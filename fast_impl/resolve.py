@@ -1,10 +1,11 @@
 "Turn an arch (module, builder, or registry name) into an `nn.Module`, on the meta device unless told otherwise."
 from __future__ import annotations
 
-__all__ = ['resolve', 'arch_name', 'UnknownArchError', 'register_source', 'SOURCES', 'known_names', 'on_meta',
-           'load_weights', 'read_weights']
+__all__ = ['resolve', 'arch_name', 'UnknownArchError', 'WeightsUnavailableError', 'register_source', 'SOURCES',
+           'known_names', 'on_meta', 'load_weights', 'read_weights', 'check_pretrained', 'native_input_size']
 
-import difflib, inspect, os, warnings
+import difflib, inspect, os, socket, sys, types, urllib.parse, urllib.request, warnings
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -17,6 +18,10 @@ SOURCES = Registry('arch source')  # prefix -> function(name) returning a builde
 
 class UnknownArchError(ValueError):
     "An arch name that no registry (timm, torchvision, fastai, fast_impl) knows"
+
+
+class WeightsUnavailableError(OSError):
+    "The registry's pretrained weights could not be fetched (no network, say) and are not in the local cache"
 
 
 def register_source(prefix: str):
@@ -39,10 +44,20 @@ def _fast_impl_builder(name: str):
 @register_source('timm')
 def _timm_builder(name: str):
     timm = _timm()
-    if not timm.is_model(name.split('.')[0]): return None
+    arch, _, tag = name.partition('.')
+    if not timm.is_model(arch): return None
+    if tag: _check_tag(arch, tag)
     def build(pretrained=False, **kw): return timm.create_model(name, pretrained=pretrained, **kw)
     build.__name__ = name
     return build
+
+
+def _check_tag(arch: str, tag: str):
+    "Raise `UnknownArchError` unless timm has pretrained weights tagged `tag` for `arch`"
+    from timm.models import get_arch_pretrained_cfgs
+    tags = [t.partition('.')[2] for t in get_arch_pretrained_cfgs(arch)]
+    if tag not in tags:
+        raise UnknownArchError(f"timm has no weights tagged {tag!r} for {arch}; valid tags: {', '.join(tags) or 'none'}")
 
 
 @register_source('torchvision')
@@ -50,9 +65,17 @@ def _torchvision_builder(name: str):
     import torchvision
     if name.lower() not in torchvision.models.list_models(): return None
     def build(pretrained=False, **kw):
+        if not pretrained and 'weights_backbone' in _params(torchvision.models.get_model_builder(name.lower())):
+            kw.setdefault('weights_backbone', None)  # segmentation/detection: no ImageNet backbone download
         return torchvision.models.get_model(name.lower(), weights='DEFAULT' if pretrained else None, **kw)
     build.__name__ = name
     return build
+
+
+def _params(f) -> dict:
+    "The parameters of callable `f` by name (empty when it has no signature)"
+    try: return dict(inspect.signature(f).parameters)
+    except (TypeError, ValueError): return {}
 
 
 def _xresnet_names() -> list[str]:
@@ -61,7 +84,8 @@ def _xresnet_names() -> list[str]:
     spec = importlib.util.find_spec('fastai')
     if spec is None or not spec.submodule_search_locations: return []
     path = os.path.join(list(spec.submodule_search_locations)[0], 'vision', 'models', 'xresnet.py')
-    try: tree = ast.parse(open(path).read())
+    try:
+        with open(path) as f: tree = ast.parse(f.read())
     except (OSError, SyntaxError): return []
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, 'id', '') == '__all__' for t in node.targets):
@@ -93,12 +117,23 @@ def _lookup(name: str) -> Callable:
     for p in ([prefix] if prefix else list(SOURCES)):
         builder = SOURCES[p](bare)
         if builder is not None: return builder
-    names = {}
-    for full in known_names(prefix or None): names.setdefault(full.split(':', 1)[1], []).append(full.split(':')[0])
-    close = [f"{n} ({', '.join(names[n])})" for n in difflib.get_close_matches(bare, list(names), n=8, cutoff=0.6)]
     where = f'{prefix} ' if prefix else 'timm, torchvision, fastai or fast_impl '
+    close = _suggestions(bare, prefix or None)
     hint = f"; closest known names: {', '.join(close)}" if close else ''
     raise UnknownArchError(f"unknown arch {name!r}: no {where}model has this name{hint}")
+
+
+def _suggestions(bare: str, prefix: str | None, n: int = 8) -> list[str]:
+    "Known names close to `bare`: those it starts (shortest first), then difflib's close matches, with their sources"
+    names = {}
+    for full in known_names(prefix):
+        src, _, nm = full.partition(':')
+        names.setdefault(nm, []).append(src)
+    low = bare.lower()
+    starts = sorted((k for k in names if k.lower().startswith(low)), key=lambda k: (len(k), k))
+    close = difflib.get_close_matches(bare, list(names), n=n, cutoff=0.6)
+    picks = list(dict.fromkeys(starts[:n // 2] + close + starts[n // 2:]))[:n]
+    return [f"{k} ({', '.join(names[k])})" for k in picks]
 
 
 def on_meta(model: nn.Module) -> bool:
@@ -108,7 +143,7 @@ def on_meta(model: nn.Module) -> bool:
 
 def _call(builder: Callable, kwargs: dict, pretrained) -> nn.Module:
     if pretrained is True:
-        if 'pretrained' not in inspect.signature(builder).parameters and not _takes_kwargs(builder):
+        if 'pretrained' not in _params(builder) and not _takes_kwargs(builder):
             raise ValueError(f"{arch_name(builder)} has no `pretrained` option; pass a weights file path instead")
         kwargs = {**kwargs, 'pretrained': True}
     m = builder(**kwargs)
@@ -118,8 +153,16 @@ def _call(builder: Callable, kwargs: dict, pretrained) -> nn.Module:
 
 
 def _takes_kwargs(f) -> bool:
-    try: return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(f).parameters.values())
-    except (TypeError, ValueError): return False
+    return any(p.kind == p.VAR_KEYWORD for p in _params(f).values())
+
+
+def check_pretrained(pretrained):
+    "`pretrained` if it is True, False, None or a path (str or `os.PathLike`); else a `TypeError` naming the choices"
+    ok = isinstance(pretrained, (bool, os.PathLike)) or pretrained is None or (isinstance(pretrained, str) and pretrained)
+    if not ok:
+        raise TypeError(f"pretrained must be True (the registry's weights), False, or the path of a local weights "
+                        f"file; got {pretrained!r}")
+    return pretrained
 
 
 def resolve(arch, device: str | torch.device | None = 'meta', pretrained: bool | str | os.PathLike = False,
@@ -131,9 +174,11 @@ def resolve(arch, device: str | torch.device | None = 'meta', pretrained: bool |
             `'timm:convnext_tiny'`, `'torchvision:vit_b_16'`, `'fastai:xresnet18'`, `'fast_impl:Plain18Layer'`.
         device: where to build a name or builder; `'meta'` holds no weights. If the builder cannot run on
             meta it is built on the CPU instead, with a warning saying so.
-        pretrained: `True` for the registry's own weights (built on the CPU), or a path to a local weights file.
+        pretrained: `True` for the registry's own weights (built on the CPU; with no network a
+            `WeightsUnavailableError` within seconds), or a path to a local weights file.
         kwargs: passed to the builder (`num_classes`, ...).
     """
+    check_pretrained(pretrained)
     if isinstance(arch, nn.Module):
         if kwargs: raise TypeError(f"builder arguments {sorted(kwargs)} given with an already built module")
         if pretrained is True:
@@ -146,40 +191,99 @@ def resolve(arch, device: str | torch.device | None = 'meta', pretrained: bool |
     else:
         raise TypeError(f"arch must be an nn.Module, a callable that builds one, or a name such as "
                         f"'resnet50' or 'torchvision:vit_b_16'; got {type(arch).__name__}")
-    if pretrained not in (False, None): device = 'cpu'
-    model = _build(builder, kwargs, device, pretrained is True)
-    if pretrained not in (False, None, True): load_weights(model, pretrained)
+    if pretrained is True: return _fetch(builder, kwargs)
+    model = _build(builder, kwargs, 'cpu' if pretrained else device)
+    if pretrained: load_weights(model, pretrained)
     return model
 
 
-def _build(builder: Callable, kwargs: dict, device, pretrained: bool) -> nn.Module:
+def _build(builder: Callable, kwargs: dict, device) -> nn.Module:
+    "`builder(**kwargs)` on `device`; on meta, built on the CPU (with a warning) if the builder needs real data"
     if device is None or torch.device(device).type != 'meta':
-        with torch.device(device or 'cpu'): return _call(builder, kwargs, pretrained)
+        with torch.device(device or 'cpu'): return _call(builder, kwargs, False)
     try:
-        with torch.device('meta'): model = _call(builder, kwargs, pretrained)
+        with torch.device('meta'): return _call(builder, kwargs, False)
     except (TypeError, ValueError) as e:
         if 'meta' not in str(e).lower() and 'item' not in str(e).lower(): raise
-        model = _cpu_fallback(builder, kwargs, e)
-    except (RuntimeError, NotImplementedError) as e: model = _cpu_fallback(builder, kwargs, e)
-    return model
+        return _cpu_fallback(builder, kwargs, e)
+    except (RuntimeError, NotImplementedError) as e: return _cpu_fallback(builder, kwargs, e)
 
 
 def _cpu_fallback(builder, kwargs, err) -> nn.Module:
+    "`builder` run on the CPU after failing on meta with `err`; warns only once the CPU build has worked"
+    try: model = _call(builder, kwargs, False)
+    except Exception: raise err from None  # fails on the CPU too: not a meta problem, no false warning
     warnings.warn(f"{arch_name(builder)} cannot be built on the meta device ({type(err).__name__}: "
-                  f"{str(err).splitlines()[0][:120]}); built on the CPU instead, with real weights", stacklevel=4)
-    return _call(builder, kwargs, False)
+                  f"{str(err).splitlines()[0][:120]}); built on the CPU instead, with real weights", stacklevel=5)
+    return model
+
+# ---------------------------------------------------------------- the registry's pretrained weights
+
+
+def _fetch(builder: Callable, kwargs: dict) -> nn.Module:
+    "`builder` with the registry's weights, on the CPU; offline, one `WeightsUnavailableError` within seconds"
+    try:
+        with torch.device('cpu'), _fail_fast_offline(): return _call(builder, kwargs, True)
+    except OSError as e:
+        msg = str(e).splitlines()[0] if str(e) else ''
+        raise WeightsUnavailableError(
+            f"could not fetch the pretrained weights of {arch_name(builder)} ({type(e).__name__}: {msg[:150]}); "
+            f"they are not in the local cache and the download failed (no network?): download them where there is "
+            f"a network, or pass a local weights file: pretrained='path/to/weights.pth'") from e
+
+
+def _reachable(url: str, timeout: float) -> bool:
+    "True when a TCP connection to the host of `url` (or to the HTTPS proxy in use) opens within `timeout` seconds"
+    proxy = urllib.request.getproxies().get('https')
+    host = urllib.parse.urlsplit(proxy if proxy and not urllib.request.proxy_bypass(url) else url)
+    try:
+        with socket.create_connection((host.hostname, host.port or 443), timeout=timeout): return True
+    except OSError: return False
+
+
+@contextmanager
+def _fail_fast_offline(timeout: float = 5.):
+    """Downloads give up within seconds with no network: huggingface_hub goes offline (its cache only, no retries
+    for a minute) when its host is unreachable, and sockets time out after `timeout` seconds (torch.hub)"""
+    try: from huggingface_hub import constants as hub
+    except ImportError: hub = None
+    offline = hub is not None and not hub.HF_HUB_OFFLINE and not _reachable(hub.ENDPOINT, timeout)
+    old = socket.getdefaulttimeout()
+    if old is None: socket.setdefaulttimeout(timeout)
+    if offline: hub.HF_HUB_OFFLINE = True
+    try: yield
+    finally:
+        socket.setdefaulttimeout(old)
+        if offline: hub.HF_HUB_OFFLINE = False
+
+# ---------------------------------------------------------------- local weights files
 
 
 def read_weights(path) -> dict:
     "The state dict in weights file `path` (also inside a checkpoint's 'model'/'state_dict'), without DDP/compile prefixes"
     import re
-    if not os.path.isfile(path): raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    sd = torch.load(path, map_location='cpu', weights_only=True)
+    sd = _load_file(path)
     for k in ('model', 'state_dict', 'model_state_dict'):
         if isinstance(sd, dict) and isinstance(sd.get(k), dict): sd = sd[k]
-    if not isinstance(sd, dict):
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{str(path)!r} holds a {type(sd).__name__}, expected a state dict of tensors")
     return {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in sd.items()}
+
+
+def _load_file(path):
+    "The object saved in `path` (torch.save or safetensors), or an error saying why it is not a weights file"
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"weights file {str(path)!r} is a directory; pass the weights file inside it "
+                                f"(.pth, .pt, .bin or .safetensors)")
+    if not os.path.isfile(path): raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    try:
+        if str(path).endswith('.safetensors'):
+            from safetensors.torch import load_file
+            return load_file(path)
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{str(path)!r} is not a weights file that torch.load or safetensors can read "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})") from e
 
 
 def load_weights(model: nn.Module, path) -> nn.Module:
@@ -194,9 +298,52 @@ def load_weights(model: nn.Module, path) -> nn.Module:
     if skip: warnings.warn(f"weights not loaded (shape differs from the model, e.g. a new head): {skip}")
     return model
 
+# ---------------------------------------------------------------- native input size
+
+
+def native_input_size(model: nn.Module, arch=None) -> tuple[int, ...] | None:
+    """The input size (batch 1) `model` is made for: its patch embedding's `img_size` (timm) or `image_size`
+    (torchvision ViT), timm's `pretrained_cfg`, or the crop size of `arch`'s torchvision weights; None if unknown"""
+    cfg = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
+    chans = cfg['input_size'][0] if cfg.get('input_size') else 3
+    side = _side(getattr(getattr(model, 'patch_embed', None), 'img_size', None)) or _side(getattr(model, 'image_size', None))
+    if side: return (1, chans, *side)
+    if cfg.get('input_size'): return (1, *cfg['input_size'])
+    side = _side(_torchvision_crop(arch))
+    return (1, 3, *side) if side else None
+
+
+def _side(s) -> tuple[int, int] | None:
+    "`s` as (height, width): from an int or a pair of ints; None otherwise"
+    if isinstance(s, int) and not isinstance(s, bool) and s > 0: return (s, s)
+    if isinstance(s, (tuple, list)) and len(s) == 2 and all(isinstance(i, int) and i > 0 for i in s): return tuple(s)
+    return None
+
+
+def _torchvision_crop(arch):
+    "The crop (else resize) size of the default torchvision weights of `arch` (a name or builder); None if none"
+    if 'torchvision' not in sys.modules or not (isinstance(arch, str) or callable(arch)): return None
+    import torchvision
+    name = arch.strip().rpartition(':')[2].lower() if isinstance(arch, str) else arch
+    if isinstance(arch, str) and (arch.startswith(('timm:', 'fastai:', 'fast_impl:'))
+                                  or name not in torchvision.models.list_models()): return None
+    try: weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError, TypeError): return None
+    kw = getattr(weights.transforms, 'keywords', {}) or {}
+    return kw.get('crop_size') or kw.get('resize_size')
+
 
 def arch_name(arch) -> str:
     "A short display name for `arch` (a name, a builder or a module)"
     if isinstance(arch, str): return arch
     if isinstance(arch, nn.Module): return type(arch).__name__
     return getattr(arch, '__name__', None) or type(arch).__name__
+
+
+class _CallableModule(types.ModuleType):
+    "This module, callable as its `resolve` function: `from fast_impl import resolve; resolve('resnet50')`"
+    def __call__(self, *args, **kwargs): return resolve(*args, **kwargs)
+
+
+__signature__ = inspect.signature(resolve)
+sys.modules[__name__].__class__ = _CallableModule

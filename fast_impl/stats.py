@@ -18,7 +18,7 @@ from torch.utils.flop_counter import flop_registry
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from .render import Report, fmt_int, fmt_shape, html_table
-from .resolve import arch_name, resolve
+from .resolve import arch_name, native_input_size, resolve
 from .tree import copy_to, eval_mode, num_params, unwrap, walk
 
 CONVENTION = ('mult-adds: one per multiply-accumulate of conv, linear, matmul and attention '
@@ -28,6 +28,28 @@ LAYERS_RULE = 'weight layers: conv/linear ops run with a weight of the model (ea
 
 aten = torch.ops.aten
 _BIAS_ARG = {aten.convolution: 2, aten._convolution: 2, aten.addmm: 0}  # op -> position of its bias argument
+# device kernels of attention that flop_registry lacks, counted by its formula for the same attention on CUDA
+_SDPA = flop_registry[aten._scaled_dot_product_flash_attention]
+_EXTRA = {getattr(aten, n): _SDPA for n in ('_scaled_dot_product_flash_attention_for_cpu',
+                                            '_scaled_dot_product_fused_attention_overrideable',
+                                            '_scaled_dot_product_attention_math_for_mps') if hasattr(aten, n)}
+
+
+def _formula(func):
+    "flop_counter's FLOP formula for `func`, or ours for the device kernels it lacks; None when uncounted"
+    pkt = func._overloadpacket
+    return flop_registry.get(pkt) or _EXTRA.get(pkt)
+
+
+@contextmanager
+def _no_fast_paths():
+    "MultiheadAttention and TransformerEncoder without their fused fast path (one opaque op that hides every matmul)"
+    mha = getattr(torch.backends, 'mha', None)
+    old = mha.get_fastpath_enabled() if mha else None
+    if mha: mha.set_fastpath_enabled(False)
+    try: yield
+    finally:
+        if mha: mha.set_fastpath_enabled(old)
 
 
 class ForwardError(RuntimeError):
@@ -66,7 +88,7 @@ class _OpCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        formula = flop_registry.get(func._overloadpacket)
+        formula = _formula(func)
         if formula is None and func not in self._whole:  # as FlopCounterMode: count what a composite op decomposes to
             before = self.counted
             with self: out = func.decompose(*args, **kwargs)
@@ -159,7 +181,7 @@ def _forward(model: nn.Module, inputs: tuple, device: torch.device, structure: b
     stack, traces = [model], {}
     counter = _OpCounter(stack, {id(q) for q in model.parameters()} if structure else None)
     try:
-        with eval_mode(model), _hooked(model, stack, traces), torch.no_grad(), counter:
+        with eval_mode(model), _hooked(model, stack, traces), torch.no_grad(), _no_fast_paths(), counter:
             out = model(*args, **kwargs)
     except Exception as e:
         raise _forward_error(e, model, stack[-1], device) from e
@@ -170,7 +192,8 @@ def _forward(model: nn.Module, inputs: tuple, device: torch.device, structure: b
 def _forward_error(e: Exception, model: nn.Module, where: nn.Module, device) -> ForwardError:
     name = next((n for n, m in model.named_modules() if m is where), '')
     at = f"module '{name}' ({type(where).__name__})" if name else f'the root module ({type(where).__name__})'
-    return ForwardError(f"forward pass on {device} failed in {at}: {type(e).__name__}: {e}", name, str(device))
+    why = str(e).splitlines()[0] if str(e).strip() else '(no message: an assert on the input, its size perhaps)'
+    return ForwardError(f"forward pass on {device} failed in {at}: {type(e).__name__}: {why}", name, str(device))
 
 
 # ---------------------------------------------------------------- collect: model, device, inputs
@@ -258,17 +281,35 @@ def _meta_only(e: BaseException | None) -> bool:
 
 
 def _run(arch, input_size, input_data, device, dtype, kwargs: dict, structure: bool = False) -> _Pass:
-    "One counted forward pass of `arch` on `device`; on meta, falls back to the CPU when the model needs real data"
+    """One counted forward pass of `arch` on `device` (input: `input_data`, else `input_size`, else the model's native
+    size); on meta, falls back to the CPU when the model needs real data"""
     dev = _check_device(device)
-    inputs = _inputs(input_size, input_data, dtype, dev)
+    if input_size is not None and input_data is None: _check_size(input_size)
     model = _prepare(arch, dev, kwargs)
-    try: return _forward(model, inputs, dev, structure)
+    size = _input_size(model, arch, input_size, kwargs)
+    try: return _forward(model, _inputs(size, input_data, dtype, dev), dev, structure)
     except ForwardError as e:
-        if dev.type != 'meta' or not _meta_only(e.__cause__): raise
+        if dev.type != 'meta' or not _meta_only(e.__cause__): raise _size_hint(e, model, arch, input_size, input_data)
         warnings.warn(f"{arch_name(arch)} cannot run on the meta device ({e}); ran on the CPU with real weights",
                       stacklevel=3)
     cpu = torch.device('cpu')
-    return _forward(_cpu_model(arch, kwargs), _inputs(input_size, input_data, dtype, cpu), cpu, structure)
+    return _forward(_cpu_model(arch, kwargs), _inputs(size, input_data, dtype, cpu), cpu, structure)
+
+
+def _input_size(model: nn.Module, arch, input_size, kwargs: dict):
+    "`input_size` if given, else the size `model` is made for (`native_input_size`), else (1, 3, 224, 224)"
+    if input_size is not None: return input_size
+    side = next((kwargs[k] for k in ('img_size', 'image_size') if k in kwargs), None)  # a builder told the size
+    if isinstance(side, int): return (1, 3, side, side)
+    return native_input_size(model, arch) or (1, 3, 224, 224)
+
+
+def _size_hint(e: ForwardError, model: nn.Module, arch, input_size, input_data) -> ForwardError:
+    "`e`, its message ending with the input size the model is made for when a size the user gave may be the cause"
+    native = native_input_size(model, arch)
+    if input_data is not None or input_size is None or native is None or tuple(input_size) == native: return e
+    e.args = (f"{e.args[0]} (the input was {list(input_size)}; {arch_name(arch)} is made for {list(native)})",)
+    return e
 
 
 # ---------------------------------------------------------------- compute: rows without double counting
@@ -366,8 +407,14 @@ def _name_width(rows: list[LayerRow]) -> int:
     return 40 if longest < 40 else math.ceil(longest / 5) * 5
 
 
-def _line(first: str, cells: Sequence[str], width: int, col_width: int = 14) -> str:
-    return (f'{first:<{width}} ' + ''.join(f'{c:<{col_width}} ' for c in cells)).rstrip()
+def _line(first: str, cells: Sequence[str], width: int, widths: Sequence[int]) -> str:
+    return (f'{first:<{width}} ' + ''.join(f'{c:<{w}} ' for c, w in zip(cells, widths))).rstrip()
+
+
+def _col_widths(table: list[list[str]], col_width: int | None) -> list[int]:
+    "Each column's width: `col_width` for all (torchinfo's; long cells then overflow), or None: 14 or its longest cell"
+    if col_width is not None: return [col_width] * len(table[0])
+    return [max([14] + [len(r[i]) for r in table]) for i in range(len(table[0]))]
 
 
 def _units(macs: int) -> tuple[str, float]:
@@ -380,19 +427,21 @@ def _units(macs: int) -> tuple[str, float]:
 class LayerSummary(Report):
     "Per-layer kernel shape, shapes, parameters and mult-adds of one forward pass (seed 001); `.rows` are `LayerRow`s"
     def __init__(self, rows: list[LayerRow], total_params: int, trainable_params: int, total_mult_adds: int,
-                 device: str, input_shapes: list, output_shapes: list, columns: Sequence[Column], title: str = ''):
+                 device: str, input_shapes: list, output_shapes: list, columns: Sequence[Column], title: str = '',
+                 col_width: int | None = None):
         self.rows, self.total_params, self.trainable_params = rows, total_params, trainable_params
         self.total_mult_adds, self.device, self.columns, self.title = total_mult_adds, device, list(columns), title
-        self.input_shapes, self.output_shapes = input_shapes, output_shapes
+        self.input_shapes, self.output_shapes, self.col_width = input_shapes, output_shapes, col_width
 
     @property
     def non_trainable_params(self) -> int: return self.total_params - self.trainable_params
 
     def to_text(self) -> str:
         w = _name_width(self.rows)
-        head = _line('Layer (type (var_name))', [HEADERS[c] for c in self.columns], w)
-        body = [_line(_prefix(r.depth) + _title(r), [_cell(r, c) for c in self.columns], w) for r in self.rows]
-        return '\n'.join([head, *body, *self._footer()])
+        table = [[HEADERS[c] for c in self.columns]] + [[_cell(r, c) for c in self.columns] for r in self.rows]
+        ws = _col_widths(table, self.col_width)
+        names = ['Layer (type (var_name))'] + [_prefix(r.depth) + _title(r) for r in self.rows]
+        return '\n'.join([*(_line(n, cells, w, ws) for n, cells in zip(names, table)), *self._footer()])
 
     def _footer(self) -> list[str]:
         unit, val = _units(self.total_mult_adds)
@@ -431,26 +480,34 @@ def _columns(col_names) -> list[Column]:
         raise ValueError(f"col_names must be names from {[c.value for c in Column]}; got {col_names!r}") from None
 
 
-def layer_summary(arch, input_size=(1, 3, 224, 224), depth: int | None = 3, device='meta', input_data=None,
+def layer_summary(arch, input_size=None, depth: int | None = 3, device='meta', input_data=None,
                   col_names: Sequence[str] = SEED_COLUMNS, dtype: torch.dtype = torch.float32,
-                  **kwargs) -> LayerSummary:
+                  col_width: int | None = None, **kwargs) -> LayerSummary:
     """Kernel shape, input/output shapes, parameters and mult-adds of every module of `arch` down to `depth`.
 
     Args:
         arch: a module (never changed: copied to `device` unless already there), a builder, or a registry name
             such as `'convnext_base'`. The pass runs in eval mode, under `no_grad`; train/eval flags are restored.
         input_size: the input shape, or a list of shapes for several inputs; ignored when `input_data` is given.
+            None: the size the model is made for (timm's `pretrained_cfg`, torchvision's weights), else 1x3x224x224.
         depth: levels of modules shown; deeper modules are folded into their ancestor's row. None: every level.
         device: where the pass runs; `'meta'` needs no weights. A model with data-dependent ops falls back to the CPU.
         input_data: a tensor, a list/tuple of positional inputs, or a dict of keyword inputs (non-image models).
         col_names: columns of the text table, from `Column` (seed 001's by default).
+        col_width: width of every text column, long cells overflowing (torchinfo's; seed 001 used 14); None: each
+            column as wide as its longest cell, at least 14.
         kwargs: passed to the builder (`num_classes`, ...).
     """
-    depth, cols = _check_depth(depth), _columns(col_names)
+    depth, cols, col_width = _check_depth(depth), _columns(col_names), _check_width(col_width)
     p = _run(arch, input_size, input_data, device, dtype, kwargs)
     rows = _rows(p, depth)
     return LayerSummary(rows, num_params(p.model), num_params(p.model, True), sum(p.macs.values()), p.device,
-                        p.inputs, p.outputs, cols, arch_name(arch))
+                        p.inputs, p.outputs, cols, arch_name(arch), col_width)
+
+
+def _check_width(w) -> int | None:
+    if w is None or (isinstance(w, int) and not isinstance(w, bool) and w > 0): return w
+    raise ValueError(f"col_width must be a positive int (seed 001 used 14) or None to fit each column; got {w!r}")
 
 
 @dataclass
@@ -466,6 +523,7 @@ class ArchRecord:
     stage_params: list[int]     # parameters per stage, stem first
     stages_by: str              # 'split_stages' or 'children' (the fallback)
     device: str
+    input_shapes: list[list[int]] = field(default_factory=list)  # the input given (the arch's native size by default)
 
 
 def _rel(x: int, base: int) -> float | None:
@@ -483,10 +541,10 @@ class Comparison(Report):
     def _cells(self) -> list[list]:
         b = self.records[0]
         return [[r.name, r.params, _rel(r.params, b.params), r.macs, _rel(r.macs, b.macs), r.depth, r.weight_layers,
-                 _fmt_shapes(r.output_shapes), r.stage_params] for r in self.records]
+                 _fmt_shapes(r.input_shapes), _fmt_shapes(r.output_shapes), r.stage_params] for r in self.records]
 
     _COLS = ['arch', 'params', 'params_change', 'mult_adds', 'mult_adds_change', 'depth', 'weight_layers',
-             'output_shape', 'stage_params']
+             'input_shape', 'output_shape', 'stage_params']
 
     def to_df(self):
         import pandas as pd
@@ -494,10 +552,10 @@ class Comparison(Report):
 
     def _text_df(self):
         import pandas as pd
-        fmt = [str, fmt_int, _pct, fmt_int, _pct, str, str, str, lambda s: ' / '.join(f'{n:,}' for n in s)]
+        fmt = [str, fmt_int, _pct, fmt_int, _pct, str, str, str, str, lambda s: ' / '.join(f'{n:,}' for n in s)]
         rows = [[f(v) for f, v in zip(fmt, r)] for r in self._cells()]
         return pd.DataFrame(rows, columns=['Arch', 'Params', 'Δ params', 'Mult-adds', 'Δ mult-adds', 'Depth',
-                                           'Weight layers', 'Output shape', 'Params per stage'])
+                                           'Weight layers', 'Input shape', 'Output shape', 'Params per stage'])
 
     def to_text(self) -> str:
         devices = sorted({r.device for r in self.records})
@@ -545,10 +603,10 @@ def _record(name: str, arch, input_size, device, input_data, dtype) -> ArchRecor
     p = _run(arch, input_size, input_data, device, dtype, {}, structure=True)
     stages, by = _stage_params(p.model)
     return ArchRecord(name, num_params(p.model), num_params(p.model, True), sum(p.macs.values()), p.depth, p.weight_ops,
-                      p.outputs, stages, by, p.device)
+                      p.outputs, stages, by, p.device, p.inputs)
 
 
-def compare_archs(archs, input_size=(1, 3, 224, 224), device='meta', input_data=None,
+def compare_archs(archs, input_size=None, device='meta', input_data=None,
                   dtype: torch.dtype = torch.float32) -> Comparison:
     """One row per arch: parameters, mult-adds, depth, weight layers, output shape, parameters per stage, and the
     change of parameters and mult-adds against the first arch.
@@ -556,6 +614,7 @@ def compare_archs(archs, input_size=(1, 3, 224, 224), device='meta', input_data=
     Args:
         archs: a list of archs (modules, builders, names) or a dict of name -> arch.
         input_size: the input shape given to every arch (or a list of shapes); ignored when `input_data` is given.
+            None: each arch gets the size it is made for (as in `layer_summary`); the table shows each input.
         device: where the passes run (`'meta'`: no weights).
         input_data: inputs given to every arch instead of random ones.
     """
