@@ -1,5 +1,6 @@
 "fast_impl: instant architecture summaries, layer summaries and layer groups for fine-tuning vision models with fastai."
 # The public API is loaded lazily (PEP 562), so `import fast_impl` imports neither fastai nor timm.
+# `fast_impl.resolve` is the module and is callable as its `resolve` function: `from fast_impl import resolve` works.
 from __future__ import annotations
 
 __version__ = '0.1.0'
@@ -12,7 +13,8 @@ _API = {
     'split': ['split_stages', 'split_n', 'split_at', 'check_groups', 'group_table', 'stage_splitter',
               'n_splitter', 'at_splitter', 'splitter', 'Splitter', 'GroupError', 'stage_blocks', 'group_names',
               'first_use_order', 'order_violations'],
-    'learner': ['discriminative_learner', 'layer_decay', 'no_decay_params'],
+    'learner': ['discriminative_learner', 'no_decay_params'],
+    'lr': ['layer_decay'],
     'data': ['digits_dls', 'digits_images'],
     'models': None,
 }
@@ -27,4 +29,4 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f'.{_WHERE[name]}', __name__), name)
 
 
-def __dir__(): return sorted(__all__ + list(_API))
+def __dir__(): return sorted(set(__all__) | set(_API) | {'__version__'})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __all__ = ['main', 'COMMANDS']
 
-import inspect, sys
+import inspect, sys, warnings
 from enum import Enum
 from typing import Annotated, Callable
 
@@ -31,16 +31,27 @@ def command(f: Callable) -> Callable:
     return COMMANDS.register()(f)
 
 
-def _ints(s: str, what: str) -> tuple[int, ...]:
+def _ints(s: str | None, what: str) -> tuple[int, ...] | None:
+    "`--input 1,3,224,224` as a tuple of positive ints (None when not given: the model's own size)"
+    if s is None: return None
     try: out = tuple(int(x) for x in s.split(','))
     except ValueError: out = ()
     if not out or min(out) < 1: raise CliError(f"{what} must be comma-separated positive integers such as 1,3,224,224, got {s!r}")
     return out
 
 
-def _path(steps) -> list:
-    "Command-line path pieces (`4 0`, `layer1.0`) as a path for `get_module`"
-    return [int(s) if s.lstrip('-').isdigit() else s for s in steps]
+def _path(pieces) -> list:
+    "A module path from command-line pieces: `4 0`, `4.0`, `layer1.0` and `layer1 0` all work; indices become ints"
+    steps = [x.strip() for p in pieces for x in str(p).split('.')]
+    if any(x == '' for x in steps): raise CliError(f"a module path has an empty step: {'.'.join(map(str, pieces))!r}")
+    return [int(x) if x.lstrip('-').isdigit() else x for x in steps]
+
+
+def _paths(at: str) -> list[list]:
+    "`--at 'layer2, layer4'` (comma-separated module paths, spaces ignored) as a list of paths"
+    paths = [_path([p]) for p in at.split(',') if p.strip()]
+    if not paths: raise CliError(f"--at must be comma-separated module paths such as layer2,layer4 or 5,7; got {at!r}")
+    return paths
 
 
 def _render(report, fmt: Fmt) -> str:
@@ -50,7 +61,7 @@ def _render(report, fmt: Fmt) -> str:
 
 @command
 def summary(arch: str,  # the architecture: a timm name, torchvision:NAME, fastai:xresnet18 or fast_impl:Plain18Layer
-            *path: str,  # index path (`4 0`) or dotted name (`layer1.0`) of the module whose children to list
+            *path: str,  # the module whose children to list: index path `4 0` or `4.0`, or dotted name `layer1.0`
             verbose: store_true = False):  # list each child's own children beneath it
     "List the children of ARCH, or of its module at PATH, with their layer counts (no weights are allocated)"
     from .summary import arch_summary
@@ -59,7 +70,7 @@ def summary(arch: str,  # the architecture: a timm name, torchvision:NAME, fasta
 
 @command
 def layers(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:NAME, fast_impl:NAME)
-           input: str = '1,3,224,224',  # input size, comma-separated
+           input: str = None,  # input size, comma-separated, e.g. 1,3,224,224 (default: the size ARCH is made for)
            depth: int = 3,  # how many levels of the module tree to show
            format: FmtArg = 'text'):  # output format
     "Per-layer kernel shape, output shape, parameters and mult-adds of ARCH, from one pass on the meta device"
@@ -76,26 +87,45 @@ def params(arch: str):  # the architecture (timm name, torchvision:NAME, fastai:
 
 @command
 def compare(*archs: str,  # two or more architectures
-            input: str = '1,3,224,224',  # input size, comma-separated
+            input: str = None,  # input size for all, comma-separated (default: the size each ARCH is made for)
             format: FmtArg = 'text'):  # output format
     "Compare ARCHs: parameters, mult-adds, depth, output shape, parameters per stage, change against the first"
-    if len(archs) < 1: raise CliError('compare needs at least one ARCH')
+    if len(archs) < 2: raise CliError(f"compare needs two or more ARCHs, got {len(archs)}; for one, use: fast-impl layers ARCH")
     from .stats import compare_archs
     print(_render(compare_archs(list(archs), input_size=_ints(input, '--input')), format))
 
 
-def _lrs(n: int, lr: str | None, decay: float | None) -> list[float] | None:
-    "Per-group learning rates from `--lr LO:HI` (geometric, as fastai spreads a slice) or `--lr HI --decay D`"
+def _lr_range(lr: str) -> tuple[float | None, float]:
+    "`--lr LO:HI` or `--lr HI` as (lo or None, hi), each a positive, finite rate; a reversed range warns"
+    from .lr import check_lr
+    lo, _, hi = lr.rpartition(':')
+    try: lo, hi = (check_lr(float(lo)) if lo else None), check_lr(float(hi))
+    except ValueError:
+        raise CliError(f"--lr must be LO:HI or HI with positive, finite rates, such as 1e-5:1e-3; got {lr!r}") from None
+    if lo is not None and lo > hi:
+        warnings.warn(f"--lr {lr} is reversed: the stem gets the higher rate; write {hi:g}:{lo:g} for the usual order")
+    return lo, hi
+
+
+def _rates(lr: str | None, decay: float | None) -> tuple | None:
+    "`--lr` and `--decay` checked, as (lo or None, hi, decay or None); None when neither is given"
     if lr is None and decay is None: return None
-    try: lo, _, hi = (lr or '1e-3').rpartition(':'); hi = float(hi); lo = float(lo) if lo else None
-    except ValueError: raise CliError(f"--lr must be LO:HI or HI, such as 1e-5:1e-3, got {lr!r}") from None
+    lo, hi = _lr_range(lr or '1e-3')
+    if decay is not None and lo is not None:
+        raise CliError('give either --lr LO:HI or --decay D (with an optional --lr HI), not both')
     if decay is not None:
-        if lo is not None: raise CliError('give either --lr LO:HI or --decay D (with an optional --lr HI), not both')
-        from .learner import layer_decay
-        return [float(x) for x in layer_decay(hi, n, decay)]
-    if lo is None or n == 1: return [hi] * n  # fastai gives a single group the slice's upper end
-    from fastcore.basics import even_mults  # how fastai spreads slice(lo, hi) over the groups
-    return [float(x) for x in even_mults(lo, hi, n)]
+        from .lr import layer_decay
+        layer_decay(hi, 1, decay)  # checks D
+    return lo, hi, decay
+
+
+def _lrs(n: int, rates: tuple | None) -> list[float] | None:
+    "Per-group learning rates from `_rates`: geometric from LO to HI (as fastai spreads a slice), or layer decay"
+    if rates is None: return None
+    from .lr import layer_decay, lr_spread
+    lo, hi, decay = rates
+    if decay is not None: return [float(x) for x in layer_decay(hi, n, decay)]
+    return [hi] * n if lo is None else lr_spread(lo, hi, n)  # fastai gives a single group the slice's upper end
 
 
 @command
@@ -108,12 +138,14 @@ def groups(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:N
            format: FmtArg = 'text'):  # output format
     "Layer groups of ARCH for discriminative learning rates, with the learning rate each group gets"
     if sum([stages, n is not None, at is not None]) > 1: raise CliError('give one of --stages, --n N, --at PATHS')
+    rates = _rates(lr, decay)  # bad rates fail before the model is built
     from .resolve import resolve
     from .split import group_table, split_at, split_n, split_stages
     model = resolve(arch)
-    gs = split_n(model, n) if n is not None else split_at(model, [_path(p.split('.')) for p in at.split(',')]) \
-        if at is not None else split_stages(model)
-    print(_render(group_table(model, gs, lrs=_lrs(len(gs), lr, decay)), format))
+    if n is not None: gs = split_n(model, n)
+    elif at is not None: gs = split_at(model, _paths(at))
+    else: gs = split_stages(model)
+    print(_render(group_table(model, gs, lrs=_lrs(len(gs), rates)), format))
 
 
 @command
@@ -122,13 +154,14 @@ def train(*archs: str,  # architectures to train and compare
           digits: store_true = False,  # use the embedded scikit-learn digits (the default)
           epochs: int = 3,  # epochs per architecture
           lr: float = 3e-3,  # peak learning rate of the one-cycle schedule
-          size: int = 32,  # image size
+          bs: int = 64,  # batch size (smaller when there are fewer training images)
+          size: int = 32,  # image size (models made for one size, such as ViTs, are built for this one)
           out: str = 'fast_impl_train'):  # folder for the results table and the plot
     "Train ARCHs with fastai on the same data and compare them: results table and a plot of the curves"
     if not archs: raise CliError('train needs at least one ARCH')
     if data and digits: raise CliError('give either --data FOLDER or --digits, not both')
     from .experiments import train_archs
-    train_archs(list(archs), data=data, epochs=epochs, lr=lr, size=size, out=out)
+    train_archs(list(archs), data=data, epochs=epochs, lr=lr, size=size, bs=bs, out=out)
 
 
 @command
@@ -156,6 +189,9 @@ def _parser(name: str):
 def run(argv: list[str]) -> int:
     "Run the command line `argv` (without the program name); returns the exit status"
     if not argv or argv[0] in ('-h', '--help'): print(_usage()); return 0
+    if argv[0] in ('-V', '--version'):
+        from . import __version__
+        print(f'fast-impl {__version__}'); return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS: raise CliError(f"unknown command {name!r}; valid commands: {', '.join(COMMANDS)}")
     args = vars(_parser(name).parse_args(rest))
@@ -168,23 +204,31 @@ def run(argv: list[str]) -> int:
 
 
 def _user_errors() -> tuple[type, ...]:
-    "Exceptions that mean bad input (an unknown arch is a ValueError), plus a forward pass failing on the given input"
-    errs = [CliError, IndexError, KeyError, ValueError, FileNotFoundError]
-    stats = sys.modules.get('fast_impl.stats')
-    return tuple(errs + ([stats.ForwardError] if stats else []))
+    """Exceptions that mean bad input (an unknown arch is a ValueError), a forward pass failing on the given input,
+    or pretrained weights that cannot be fetched"""
+    errs = [CliError, IndexError, KeyError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError]
+    stats, resolve = sys.modules.get('fast_impl.stats'), sys.modules.get('fast_impl.resolve')
+    return tuple(errs + ([stats.ForwardError] if stats else []) + ([resolve.WeightsUnavailableError] if resolve else []))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    "A warning as one line, `fast-impl: warning: ...`, without the source file and line"
+    first = str(message).splitlines()[0] if str(message) else category.__name__
+    print(f'fast-impl: warning: {first}', file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of `fast-impl`: bad input prints one line and exits with status 2"
-    import warnings
-    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised inside fastai's import
-    try: return run(sys.argv[1:] if argv is None else argv)
-    except SystemExit as e: return int(e.code or 0)  # --help
-    except Exception as e:
-        if not isinstance(e, _user_errors()): raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f'fast-impl: error: {msg}', file=sys.stderr)
-        return 2
+    "Entry point of `fast-impl`: bad input prints one line and exits with status 2; warnings print as one line"
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        for cat in (DeprecationWarning, FutureWarning): warnings.filterwarnings('ignore', category=cat)  # for developers
+        try: return run(sys.argv[1:] if argv is None else argv)
+        except SystemExit as e: return int(e.code or 0)  # --help
+        except Exception as e:
+            if not isinstance(e, _user_errors()): raise
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f'fast-impl: error: {msg}', file=sys.stderr)
+            return 2
 
 
 if __name__ == '__main__': sys.exit(main())

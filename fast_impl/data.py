@@ -34,8 +34,16 @@ def digits_images(classes: Iterable[int] | None = None, size: int = 32, n_channe
     return x.expand(-1, n_channels, -1, -1).contiguous(), torch.tensor(d.target[keep], dtype=torch.long)
 
 
+def _positive_int(v, what: str) -> int:
+    "`v` when it is an int >= 1; else a `ValueError` naming `what`"
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{what} must be an int >= 1; got {v!r}")
+    return int(v)
+
+
 def pick_per_class(y: torch.Tensor, n_per_class: int, seed: int = 0) -> np.ndarray:
     "Indices of `n_per_class` items of each label in `y`, drawn at random with `seed`"
+    n_per_class = _positive_int(n_per_class, 'n_per_class')
     rng, y = np.random.default_rng(seed), np.asarray(y)
     idx = []
     for c in np.unique(y):
@@ -69,6 +77,9 @@ def digits_dls(classes: Iterable[int] | None = None, n_per_class: int | None = N
         num_workers: 0 (in memory, tiny): worker processes only add start-up time.
         kwargs: passed to `Datasets.dataloaders` (`after_batch`, `device`, ...).
     """
+    _positive_int(bs, 'bs')
+    if not (n_per_class is not None or 0 < valid_pct < 1):
+        raise ValueError(f"valid_pct must be between 0 and 1 (exclusive), such as 0.2; got {valid_pct!r}")
     from fastai.data.core import Datasets
     from fastai.data.transforms import Categorize
     x, y = digits_images(classes, size, n_channels)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __all__ = ['image_folder_dls', 'train_archs', 'TrainResult', 'plot_curves', 'plot_transfer', 'demo']
 
-import pathlib, tempfile, time
+import pathlib, tempfile, time, warnings
 from dataclasses import dataclass, field
 
 
@@ -34,12 +34,29 @@ def image_folder_dls(path, size: int = 64, bs: int = 32, seed: int = 0):
     return ImageDataLoaders.from_folder(path, train='train', valid='valid', item_tfms=Resize(size), bs=bs, seed=seed)
 
 
-def _fit(dls, arch, epochs: int, lr: float) -> TrainResult:
+def _size_kwargs(arch, size: int) -> dict:
+    """Builder arguments with which `arch` takes `size`x`size` images: none, or the image size for models made for one
+    size (timm's `img_size`, torchvision's `image_size`); a one-line `ValueError` when neither works"""
+    from .resolve import arch_name, resolve
+    from .stats import ForwardError, layer_summary
+    resolve(arch)  # an unknown name fails here, as itself
+    first = None
+    for kw in ({}, {'img_size': size}, {'image_size': size}):
+        try:
+            layer_summary(arch, input_size=(1, 3, size, size), depth=0, **kw)  # one pass on meta: no weights
+            return kw
+        except (ForwardError, TypeError, ValueError, AssertionError) as e: first = first or e
+    msg = str(first).splitlines()[0] if str(first) else type(first).__name__
+    raise ValueError(f"{arch_name(arch)} cannot take {size}x{size} images, nor be built for them ({msg}); "
+                     f"choose another --size (the size it is made for, e.g. 224)")
+
+
+def _fit(dls, arch, epochs: int, lr: float, kw: dict) -> TrainResult:
     from fastai.metrics import accuracy
     from .learner import discriminative_learner
     from .resolve import arch_name
     from .tree import num_params
-    learn = discriminative_learner(dls, arch, metrics=accuracy)
+    learn = discriminative_learner(dls, arch, metrics=accuracy, **kw)
     start = time.time()
     learn.fit_one_cycle(epochs, lr)
     vals = [list(map(float, v)) for v in learn.recorder.values]  # train_loss, valid_loss, accuracy per epoch
@@ -72,20 +89,59 @@ def plot_curves(results: list[TrainResult], path):
     return fig
 
 
+def _check_train(archs: list, data, epochs: int, lr: float, size: int, bs: int) -> list[dict]:
+    "Check every input of `train_archs` before anything is written; the builder arguments each arch needs for `size`"
+    from .lr import check_lr
+    if not archs: raise ValueError("give at least one arch to train")
+    for what, v, lo in (('epochs', epochs, 1), ('bs', bs, 1), ('size', size, 8)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{what} must be an int >= {lo}; got {v!r}")
+    check_lr(lr, 'lr')
+    if data: _check_folder(data)
+    return [_size_kwargs(a, size) for a in archs]
+
+
+def _dls(data, size: int, bs: int, seed: int):
+    "`DataLoaders` of the image folder `data`, or of the digits when `data` is None"
+    from .data import digits_dls
+    return image_folder_dls(data, size, bs, seed) if data else digits_dls(size=size, bs=bs, seed=seed)
+
+
+def _n_images(data, size: int, seed: int) -> tuple[int, int]:
+    "Numbers of training and validation images in the image folder `data` (or in the digits)"
+    if not data:
+        dls = _dls(None, size, 64, seed)
+        return len(dls.train_ds), len(dls.valid_ds)
+    from fastai.data.transforms import get_image_files
+    return len(get_image_files(pathlib.Path(data) / 'train')), len(get_image_files(pathlib.Path(data) / 'valid'))
+
+
+def _batch_size(data, size: int, bs: int, seed: int) -> int:
+    "`bs`, or the number of training images when there are fewer (no epoch may run zero batches); checks the data"
+    n_train, n_valid = _n_images(data, size, seed)
+    if n_train < 2 or n_valid < 1:
+        raise ValueError(f"{data} has {n_train} training and {n_valid} validation images; train needs at least 2 "
+                         f"training images (in train/CLASS/) and 1 for validation (in valid/CLASS/)")
+    if n_train >= bs: return bs
+    warnings.warn(f"only {n_train} training images, fewer than the batch size {bs}: batches of {n_train} instead")
+    return n_train
+
+
 def train_archs(archs: list, data=None, epochs: int = 3, lr: float = 3e-3, size: int = 32, bs: int = 64,
                 out='fast_impl_train', seed: int = 0) -> list[TrainResult]:
-    "Train each of `archs` from scratch on the same data (digits, or an image folder `data`); table and plot in `out`"
-    if epochs < 1: raise ValueError(f"epochs must be at least 1, got {epochs}")
-    if data: _check_folder(data)
+    """Train each of `archs` from scratch on the same data (digits, or an image folder `data`); table and plot in `out`.
+    Every input is checked, and each arch built for `size`, before anything is written"""
+    kws = _check_train(archs, data, epochs, lr, size, bs)
     from fastai.torch_core import set_seed
-    from .data import digits_dls
+    set_seed(seed, reproducible=True)
+    bs = _batch_size(data, size, bs, seed)  # fails, or shrinks the batch, before `out` exists
     out = pathlib.Path(out); out.mkdir(parents=True, exist_ok=True)
     results = []
-    for i, arch in enumerate(archs):
+    for i, (arch, kw) in enumerate(zip(archs, kws)):
         set_seed(seed, reproducible=True)
-        dls = image_folder_dls(data, size, bs, seed) if data else digits_dls(size=size, bs=bs, seed=seed)
+        dls = _dls(data, size, bs, seed)
         print(f'[{i + 1}/{len(archs)}] {arch}', flush=True)
-        results.append(_fit(dls, arch, epochs, lr))
+        results.append(_fit(dls, arch, epochs, lr, kw))
     df = results_df(results)
     df.to_csv(out / 'train_results.csv', index=False)
     plot_curves(results, out / 'train_curves.png')
@@ -125,6 +181,8 @@ def demo(out='demo_out', seeds: int = 5, quick: bool = False) -> dict:
     from .render import md_table
     from .stats import layer_summary
     from .summary import arch_summary
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an int >= 1 (repeats of each method); got {seeds!r}")
     out = pathlib.Path(out); out.mkdir(parents=True, exist_ok=True)
     epochs, pre_epochs, seeds = (2, 1, 1) if quick else (10, 8, seeds)
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -139,7 +197,7 @@ def demo(out='demo_out', seeds: int = 5, quick: bool = False) -> dict:
         print(f'   held-out accuracy {T.pretrain(path, pre_epochs, 1e-2, 32):.3f}\n')
         learn = T._pretrained(T.digits_dls(range(5, 10), n_per_class=10, bs=16, seed=0), path)
         learn.create_opt()
-        learn.opt.set_hypers(lr=layer_decay(1e-2, len(learn.opt.param_lists), 0.75))
+        learn.opt.set_hypers(lr=layer_decay(1e-2, learn, 0.75))
         print('3. Its layer groups (fast_impl stage groups), with layer-decay learning rates 0.75:\n')
         print(f'{learn.show_groups()}\n')
         print(f'4. Fine-tuning on digits 5-9 from 10 labelled images per class: {len(T.METHODS)} methods x '

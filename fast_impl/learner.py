@@ -4,7 +4,7 @@ from __future__ import annotations
 __all__ = ['discriminative_learner', 'DiscriminativeLearner', 'build_model', 'classifier_name',
            'set_classifier', 'load_body', 'arch_stats', 'layer_decay', 'no_decay_params', 'is_norm', 'GroupsReport']
 
-import os, re, warnings
+import difflib, functools, inspect, os, re, warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +17,9 @@ import fastai.callback.schedule, fastai.callback.progress  # noqa: F401  (fit_on
 from fastai.torch_core import norm_types
 from fastai.vision.core import imagenet_stats
 
-from .render import Report, fmt_int, pretty_table
-from .resolve import read_weights, resolve
+from .lr import check_lrs, layer_decay  # noqa: F401  (layer_decay: re-exported, it lives in the light `lr` module)
+from .render import Report, fmt_int, html_table, pretty_table
+from .resolve import arch_name, check_pretrained, read_weights, resolve
 from .split import check_groups, splitter
 from .tree import unwrap
 
@@ -124,6 +125,7 @@ def load_body(model: nn.Module, path) -> nn.Module:
 
 def build_model(arch, n_out: int, pretrained: bool | str | os.PathLike = False, **kwargs) -> nn.Module:
     "`arch` on the CPU with real weights (the registry's if `pretrained` is True, a file's if a path) and a new `n_out`-class head"
+    check_pretrained(pretrained)
     model = resolve(arch, device='cpu', pretrained=pretrained is True, **kwargs)
     if any(p.is_meta for p in model.parameters()):
         raise ValueError(f"{type(model).__name__} is on the meta device; a Learner needs real weights "
@@ -155,8 +157,27 @@ def _as_groups(groups) -> list[list]:
     return [list(g['params']) if isinstance(g, dict) else list(g) for g in groups]
 
 
+def _per_group(lr) -> bool:
+    "True when `lr` gives the groups different rates: `slice(lo, hi)` or a sequence of several rates"
+    if isinstance(lr, slice): return lr.start is not None
+    return isinstance(lr, (list, tuple, np.ndarray)) and np.size(lr) > 1
+
+
+def _checked(name: str, lr_arg: str):
+    "fastai's fit method `name`, checking the learning rates passed as `lr_arg` first (`DiscriminativeLearner._check`)"
+    base = getattr(Learner, name)
+    sig = inspect.signature(base)
+
+    @functools.wraps(base)
+    def fit(self, *args, **kwargs):
+        self._check(name, sig.bind(self, *args, **kwargs).arguments.get(lr_arg))
+        return base(self, *args, **kwargs)
+    return fit
+
+
 class DiscriminativeLearner(Learner):
-    "A fastai `Learner` that checks its groups partition the model, applies `no_decay_params`, and warns on a futile `freeze`"
+    """A fastai `Learner` that checks its groups partition the model, applies `no_decay_params`, checks the learning
+    rates of every fit, and warns on a futile `freeze` or on per-group rates given to frozen groups"""
     def _bn_bias_state(self, with_bias): return [self.opt.state[p] for p in no_decay_params(self.model, with_bias)]
 
     def create_opt(self):
@@ -172,17 +193,66 @@ class DiscriminativeLearner(Learner):
                           "split the model with groups='stages', an int, or cuts", stacklevel=2)
         super().freeze_to(n)
 
+    def _check(self, name: str, lr):
+        "Raise on a non-positive or non-finite rate; warn (once per fit) when per-group rates meet frozen groups"
+        check_lrs(lr, f'{name} learning rate')
+        if not _per_group(lr): return
+        if self.opt is None: self.create_opt()
+        frozen, n = getattr(self.opt, 'frozen_idx', 0), self.n_groups
+        if not frozen: return
+        trains = 'only the head group trains' if n - frozen == 1 else f'only the last {n - frozen} train'
+        warnings.warn(f"{name} got per-group learning rates but {frozen} of {n} groups are frozen, so {trains} "
+                      f"and their rates are unused: call learn.unfreeze() first, or use learn.fine_tune(...)", stacklevel=3)
 
-def _splitter(groups):
-    "A splitter function for `groups`: 'stages', a number of groups, cut paths, or a splitter function"
-    return groups if callable(groups) else splitter(groups)
+    fit = _checked('fit', 'lr')
+    fit_one_cycle = _checked('fit_one_cycle', 'lr_max')
+    fit_flat_cos = _checked('fit_flat_cos', 'lr')
+    fit_sgdr = _checked('fit_sgdr', 'lr_max')
+
+
+@patch(as_prop=True)
+def n_groups(self: Learner) -> int:
+    "Number of layer groups: the optimizer's, or the splitter's before the optimizer exists (`layer_decay(lr, learn)`)"
+    if self.opt is not None: return len(self.opt.param_lists)
+    return len(_as_groups(self.splitter(self.model)))
+
+
+_STRATEGIES = ('stages',)
+_GROUPS_HELP = "groups takes 'stages', a number of groups, cut paths such as ['layer2', 'layer4'], or a splitter function"
+
+
+def _splitter(groups, model: nn.Module):
+    "A splitter for `groups` ('stages', a number of groups, cut paths, or a function), checked on `model` now"
+    try:
+        split = groups if callable(groups) else splitter(groups)
+        check_groups(unwrap(model), _as_groups(split(model)))
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        close = difflib.get_close_matches(groups, _STRATEGIES, n=1, cutoff=0.6) if isinstance(groups, str) else []
+        why = f"did you mean {close[0]!r}?" if close else (str(e.args[0]) if e.args else type(e).__name__)
+        err = type(e) if isinstance(e, (ValueError, TypeError, IndexError)) else ValueError  # KeyError would quote
+        shown = getattr(groups, '__name__', None) if callable(groups) else None
+        raise err(f"groups={shown or repr(groups)} does not split {type(unwrap(model)).__name__}: {why} ({_GROUPS_HELP})") from e
+    return split
 
 
 def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
     "`kwargs` split into those for `Learner` and those for the arch builder"
-    import inspect
     names = set(inspect.signature(Learner.__init__).parameters) - {'self', 'dls', 'model', 'splitter'}
     return {k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names}
+
+
+def _build(arch, n_out: int, pretrained, mkw: dict) -> nn.Module:
+    "`build_model`, an unexpected keyword reported as neither a Learner nor a builder argument"
+    try: return build_model(arch, n_out, pretrained, **mkw)
+    except TypeError as e:
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if not bad or bad.group(1) not in mkw: raise
+        k = bad.group(1)
+        learner_args = sorted(set(inspect.signature(Learner.__init__).parameters) - {'self', 'dls', 'model', 'splitter'})
+        close = difflib.get_close_matches(k, learner_args + ['groups', 'pretrained', 'n_out', 'normalize'], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ''
+        raise TypeError(f"{k!r} is not a Learner or builder argument of {arch_name(arch)}: {hint}Learner arguments: "
+                        f"{', '.join(learner_args)}; anything else goes to the builder") from e
 
 
 @delegates(Learner.__init__, keep=True, but=['dls', 'model', 'splitter'])
@@ -194,29 +264,25 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
         dls: the fastai `DataLoaders`; `n_out` defaults to its number of classes.
         arch: a name (`'convnext_nano'`, `'torchvision:vit_b_16'`, `'fastai:xresnet18'`), builder or module.
             It keeps its own architecture; only its classifier is replaced for `n_out` classes.
-        groups: `'stages'`, a number of groups, cut paths (`['layer2', 'fc']`), or a splitter function.
+        groups: `'stages'`, a number of groups, cut paths (`['layer2', 'fc']`), or a splitter function; checked here,
+            on the model, so a bad value fails now rather than at the first fit.
         pretrained: `True` for the registry's weights, or a local weights file; then the model is frozen
             (all but the head group) and, with `normalize`, the arch's mean/std are added to `dls`.
         kwargs: `Learner` arguments (`metrics`, `opt_func`, `wd`, `cbs`, ...); the rest go to the arch builder
             (`img_size`, `image_size`, `drop_path_rate`, ...).
     """
     from fastai.data.transforms import get_c
+    check_pretrained(pretrained)
     lkw, mkw = _split_kwargs(kwargs)
     n_out = n_out or get_c(dls)
     if not n_out: raise ValueError("n_out is not given and dls has no `c` or vocab to infer it from; pass n_out=")
-    model = build_model(arch, n_out, pretrained, **mkw)
+    model = _build(arch, n_out, pretrained, mkw)
+    split = _splitter(groups, model)
     if pretrained and normalize: _add_norm(dls, arch_stats(model))
-    learn = DiscriminativeLearner(dls, model, splitter=_splitter(groups), **lkw)
+    learn = DiscriminativeLearner(dls, model, splitter=split, **lkw)
     if pretrained: learn.freeze()
     return learn
 
-
-def layer_decay(lr_max: float, n_groups: int, decay: float = 0.75) -> np.ndarray:
-    "Per-group learning rates: the head (last group) gets `lr_max`, each earlier group `decay` times the next"
-    if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or n_groups < 1:
-        raise ValueError(f"n_groups must be a positive int (e.g. len(learn.opt.param_lists)); got {n_groups!r}")
-    if not 0 < decay <= 1: raise ValueError(f"decay must be in (0, 1] (1 means one LR for all groups); got {decay}")
-    return lr_max * decay ** np.arange(n_groups - 1, -1, -1, dtype=float)
 
 # ---------------------------------------------------------------- show_groups / plot_groups
 
@@ -271,13 +337,20 @@ class GroupsReport(Report):
                                   frozen=r.frozen, trainable=r.trainable, wd=r.wd, no_wd_tensors=r.no_wd)
                              for r in self.rows])
 
-    def to_text(self) -> str:
+    HEADS = ['Group', 'Modules', 'Tensors', 'Params', '% of total', 'LR', 'Frozen', 'Trainable', 'WD', 'No-WD tensors']
+
+    def _cells(self) -> list[list]:
+        "The rows as the text and HTML tables show them (one set of headers and cells for both)"
         tot = self.total or 1
-        heads = ['Group', 'Modules', 'Tensors', 'Params', '% of total', 'LR', 'Frozen', 'Trainable', 'WD', 'No-WD tensors']
-        rows = [[r.group, r.first if r.first == r.last else f'{r.first} .. {r.last}', r.tensors, fmt_int(r.params),
+        return [[r.group, r.first if r.first == r.last else f'{r.first} .. {r.last}', r.tensors, fmt_int(r.params),
                  f'{100 * r.params / tot:.1f}%', f'{r.lr:.3g}', 'yes' if r.frozen else 'no', fmt_int(r.trainable),
                  f'{r.wd:g}', f'{r.no_wd}/{r.tensors}'] for r in self.rows]
-        return f'{pretty_table(heads, rows)}\nTotal params: {fmt_int(self.total)} in {len(self.rows)} groups'
+
+    def _footer(self) -> str: return f'Total params: {fmt_int(self.total)} in {len(self.rows)} groups'
+
+    def to_text(self) -> str: return f'{pretty_table(self.HEADS, self._cells())}\n{self._footer()}'
+
+    def _repr_html_(self) -> str: return html_table(self.HEADS, self._cells(), self.title) + f'<p>{self._footer()}</p>'
 
 
 @patch

@@ -191,7 +191,7 @@ def resolve(arch, device: str | torch.device | None = 'meta', pretrained: bool |
     else:
         raise TypeError(f"arch must be an nn.Module, a callable that builds one, or a name such as "
                         f"'resnet50' or 'torchvision:vit_b_16'; got {type(arch).__name__}")
-    if pretrained is True: return _fetch(builder, kwargs)
+    if pretrained is True: return _fetch(builder, kwargs, arch_name(arch))
     model = _build(builder, kwargs, 'cpu' if pretrained else device)
     if pretrained: load_weights(model, pretrained)
     return model
@@ -220,14 +220,14 @@ def _cpu_fallback(builder, kwargs, err) -> nn.Module:
 # ---------------------------------------------------------------- the registry's pretrained weights
 
 
-def _fetch(builder: Callable, kwargs: dict) -> nn.Module:
-    "`builder` with the registry's weights, on the CPU; offline, one `WeightsUnavailableError` within seconds"
+def _fetch(builder: Callable, kwargs: dict, shown: str) -> nn.Module:
+    "`builder` (named `shown`) with the registry's weights, on the CPU; offline, a `WeightsUnavailableError` in seconds"
     try:
         with torch.device('cpu'), _fail_fast_offline(): return _call(builder, kwargs, True)
     except OSError as e:
         msg = str(e).splitlines()[0] if str(e) else ''
         raise WeightsUnavailableError(
-            f"could not fetch the pretrained weights of {arch_name(builder)} ({type(e).__name__}: {msg[:150]}); "
+            f"could not fetch the pretrained weights of {shown} ({type(e).__name__}: {msg[:100]}); "
             f"they are not in the local cache and the download failed (no network?): download them where there is "
             f"a network, or pass a local weights file: pretrained='path/to/weights.pth'") from e
 

@@ -104,9 +104,9 @@ def stages_slice(dls, path, E, lr):
 
 
 def stages_decay(dls, path, E, lr, decay=0.75):
-    "fast_impl: stage groups, `layer_decay(lr, n_groups, 0.75)`"
+    "fast_impl: stage groups, `layer_decay(lr, learn, 0.75)`"
     learn = _pretrained(dls, path)
-    return learn, lambda: learn.fit_one_cycle(E, layer_decay(lr, len(learn.opt.param_lists), decay), cbs=SkipValid())
+    return learn, lambda: learn.fit_one_cycle(E, layer_decay(lr, learn, decay), cbs=SkipValid())
 
 
 METHODS = {'from scratch': scratch, 'whole model, one LR': one_lr, 'fastai vision_learner + fine_tune': fastai_fine_tune,

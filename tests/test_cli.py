@@ -64,17 +64,22 @@ def test_train_on_an_image_folder(tmp_path):
             (tmp_path / 'data' / split / c).mkdir(parents=True)
             for i in range(4):
                 Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / 'data' / split / c / f'{i}.png')
-    out = cli('train', 'fast_impl:ResNet18', '--data', tmp_path / 'data', '--epochs', 1, '--size', 32,
-              '--out', tmp_path / 'out').stdout
-    assert '| fast_impl:ResNet18 |' in out
+    r = cli('train', 'fast_impl:ResNet18', '--data', tmp_path / 'data', '--epochs', 1, '--size', 32,
+            '--out', tmp_path / 'out')  # 8 training images, fewer than the default batch of 64 (issue 11, item 2)
+    assert '| fast_impl:ResNet18 |' in r.stdout
+    assert r.stderr.strip() == ('fast-impl: warning: only 8 training images, fewer than the batch size 64: '
+                                'batches of 8 instead')  # one line, no source file or line number
     assert (tmp_path / 'out' / 'train_curves.png').stat().st_size > 1000
-    assert (tmp_path / 'out' / 'train_results.csv').read_text().startswith('arch,params')
+    import pandas as pd
+    df = pd.read_csv(tmp_path / 'out' / 'train_results.csv')
+    assert list(df.columns[:3]) == ['arch', 'params', 'train_loss'] and np.isfinite(df.train_loss).all()  # trained
 
 
 def test_every_command_has_help():
     assert 'commands:' in cli('--help').stdout
     for c in ['summary', 'layers', 'params', 'compare', 'groups', 'train', 'demo']:
         assert f'usage: fast-impl {c}' in cli(c, '--help').stdout
+    assert '--bs' in cli('train', '--help').stdout
 
 
 @pytest.mark.parametrize('args,msg', [
@@ -116,6 +121,6 @@ def test_input_the_model_cannot_take_is_one_line(args, msg):
 
 
 def test_groups_lr_for_a_single_group_is_the_upper_end():
-    from fast_impl.cli import _lrs
-    assert _lrs(1, '1e-5:1e-3', None) == [1e-3]  # as fastai gives slice(lo, hi) to a single group
-    assert _lrs(3, '1e-5:1e-3', None) == pytest.approx([1e-5, 1e-4, 1e-3])
+    from fast_impl.cli import _lrs, _rates
+    assert _lrs(1, _rates('1e-5:1e-3', None)) == [1e-3]  # as fastai gives slice(lo, hi) to a single group
+    assert _lrs(3, _rates('1e-5:1e-3', None)) == pytest.approx([1e-5, 1e-4, 1e-3])

@@ -1,7 +1,7 @@
 "fastai integration: Learners for hard archs, per-group LRs reaching the optimizer, freezing, the wd policy, DDP."
 from __future__ import annotations
 
-import os, socket, warnings
+import os, socket, time, warnings
 
 import numpy as np
 import pytest
@@ -116,9 +116,10 @@ def test_step_updates_each_param_once():
 
 
 def test_bad_splitter_raises_with_names():
-    learn = discriminative_learner(synth_dls(), Toy(), groups=lambda m: [list(m.parameters()), list(m.fc.parameters())])
-    with pytest.raises(GroupError, match='fc.weight'): learn.create_opt()
-    learn.splitter = lambda m: [list(m.fc.parameters())]
+    with pytest.raises(GroupError, match='fc.weight'):  # checked at construction, not at the first fit
+        discriminative_learner(synth_dls(), Toy(), groups=lambda m: [list(m.parameters()), list(m.fc.parameters())])
+    learn = discriminative_learner(synth_dls(), Toy(), groups=3)
+    learn.splitter = lambda m: [list(m.fc.parameters())]  # a splitter set later is checked by create_opt
     with pytest.raises(GroupError, match='stem.0.weight'): learn.create_opt()
 
 
@@ -208,32 +209,50 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, q):
+def _ddp_train(rank: int, world: int):
+    "Train the DDP model on this rank's own images; returns plain data only, so the Learner and DDP die with this frame"
     import torch.distributed as dist
+    torch.manual_seed(0)  # each rank trains on its own images: equal weights afterwards need synchronised gradients
+    learn = discriminative_learner(synth_dls(seed=rank), 'fastai:xresnet18', groups='stages', widen=0.25)
+    learn.model = nn.parallel.DistributedDataParallel(learn.model)  # as fastai's DistributedTrainer does
+    learn.create_opt()
+    names = {id(p): n for n, p in learn.model.module.named_parameters()}
+    mine = [[names[id(p)] for p in g] for g in learn.opt.param_lists]
+    every = [None] * world
+    dist.all_gather_object(every, mine)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, lr=slice(1e-4, 1e-2))
+    sums = [None] * world
+    dist.all_gather_object(sums, [float(p.detach().double().sum()) for p in learn.model.parameters()])
+    return rank, every, sums, len(mine)
+
+
+def _ddp_worker(rank, world, port, q):
+    """One rank. Clean shutdown order: the DDP model (which holds the process group) is freed, then every rank waits
+    at a barrier, then the group is destroyed; a rank exiting with the group alive aborts in gloo's threads"""
+    import datetime, gc
+    import torch.distributed as dist
+    torch.set_num_threads(1)  # two ranks on a small machine: no oversubscription
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    dist.init_process_group('gloo', rank=rank, world_size=world)
+    dist.init_process_group('gloo', rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     try:
-        torch.manual_seed(0)  # each rank trains on its own images: equal weights afterwards need synchronised gradients
-        learn = discriminative_learner(synth_dls(seed=rank), 'fastai:xresnet18', groups='stages', widen=0.25)
-        learn.model = nn.parallel.DistributedDataParallel(learn.model)  # as fastai's DistributedTrainer does
-        learn.create_opt()
-        names = {id(p): n for n, p in learn.model.module.named_parameters()}
-        mine = [[names[id(p)] for p in g] for g in learn.opt.param_lists]
-        every = [None] * world
-        dist.all_gather_object(every, mine)
-        learn.fit(1, lr=slice(1e-4, 1e-2))
-        sums = [None] * world
-        dist.all_gather_object(sums, [float(p.detach().double().sum()) for p in learn.model.parameters()])
-        q.put((rank, every, sums, len(mine)))
+        q.put(_ddp_train(rank, world))
+        gc.collect()  # the Learner's reference cycles hold the DDP model and, through it, the process group
+        dist.barrier()
     finally: dist.destroy_process_group()
 
 
 def test_distributed_groups_and_step():
     import torch.multiprocessing as mp
     ctx = mp.get_context('spawn')
-    q = ctx.SimpleQueue()
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), q), nprocs=2, join=True, start_method='spawn')
-    res = [q.get() for _ in range(2)]
+    q = ctx.Queue()
+    procs = mp.start_processes(_ddp_worker, args=(2, _free_port(), q), nprocs=2, join=False, start_method='spawn')
+    try:
+        res = [q.get(timeout=300) for _ in range(2)]  # a rank that dies early fails the test here, never hangs it
+        deadline = time.monotonic() + 120
+        while not procs.join(timeout=5):  # raises if a rank exits non-zero (SIGABRT at teardown included)
+            assert time.monotonic() < deadline, 'a rank did not exit within 2 minutes of training'
+    finally:
+        for p in procs.processes: p.kill() if p.is_alive() else None
     for rank, every, sums, n in res:
         assert n >= 3 and every[0] == every[1]  # identical groups, by name, on both ranks
         assert sums[0] == sums[1]  # one synchronised step: identical weights
