@@ -1,6 +1,6 @@
 "fast_impl: instant architecture summaries, layer summaries and layer groups for fine-tuning vision models with fastai."
 # The public API is loaded lazily (PEP 562), so `import fast_impl` imports neither fastai nor timm.
-# `fast_impl.resolve` is the module and is callable as its `resolve` function: `from fast_impl import resolve` works.
+# `fast_impl.resolve` is a module callable as its `resolve` function: `from fast_impl import resolve` works.
 from __future__ import annotations
 
 __version__ = '0.1.0'

@@ -41,16 +41,18 @@ def _ints(s: str | None, what: str) -> tuple[int, ...] | None:
 
 
 def _path(pieces) -> list:
-    "A module path from command-line pieces: `4 0`, `4.0`, `layer1.0` and `layer1 0` all work; indices become ints"
+    "A module path from command-line pieces: `4 0`, `4.0`, `layer1.0`, `layer1 0` all work; indices as ints"
     steps = [x.strip() for p in pieces for x in str(p).split('.')]
-    if any(x == '' for x in steps): raise CliError(f"a module path has an empty step: {'.'.join(map(str, pieces))!r}")
+    if any(x == '' for x in steps):
+        raise CliError(f"a module path has an empty step: {'.'.join(map(str, pieces))!r}")
     return [int(x) if x.lstrip('-').isdigit() else x for x in steps]
 
 
 def _paths(at: str) -> list[list]:
     "`--at 'layer2, layer4'` (comma-separated module paths, spaces ignored) as a list of paths"
     paths = [_path([p]) for p in at.split(',') if p.strip()]
-    if not paths: raise CliError(f"--at must be comma-separated module paths such as layer2,layer4 or 5,7; got {at!r}")
+    if not paths:
+        raise CliError(f"--at must be comma-separated module paths such as layer2,layer4 or 5,7; got {at!r}")
     return paths
 
 
@@ -61,7 +63,7 @@ def _render(report, fmt: Fmt) -> str:
 
 @command
 def summary(arch: str,  # the architecture: a timm name, torchvision:NAME, fastai:xresnet18 or fast_impl:Plain18Layer
-            *path: str,  # the module whose children to list: index path `4 0` or `4.0`, or dotted name `layer1.0`
+            *path: str,  # the module whose children to list: index path `4 0` or `4.0`, or name `layer1.0`
             verbose: store_true = False):  # list each child's own children beneath it
     "List the children of ARCH, or of its module at PATH, with their layer counts (no weights are allocated)"
     from .summary import arch_summary
@@ -70,7 +72,7 @@ def summary(arch: str,  # the architecture: a timm name, torchvision:NAME, fasta
 
 @command
 def layers(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:NAME, fast_impl:NAME)
-           input: str = None,  # input size, comma-separated, e.g. 1,3,224,224 (default: the size ARCH is made for)
+           input: str = None,  # input size, comma-separated, e.g. 1,3,224,224 (default: ARCH's own size)
            depth: int = 3,  # how many levels of the module tree to show
            format: FmtArg = 'text'):  # output format
     "Per-layer kernel shape, output shape, parameters and mult-adds of ARCH, from one pass on the meta device"
@@ -87,10 +89,11 @@ def params(arch: str):  # the architecture (timm name, torchvision:NAME, fastai:
 
 @command
 def compare(*archs: str,  # two or more architectures
-            input: str = None,  # input size for all, comma-separated (default: the size each ARCH is made for)
+            input: str = None,  # input size for all, comma-separated (default: each ARCH's own size)
             format: FmtArg = 'text'):  # output format
     "Compare ARCHs: parameters, mult-adds, depth, output shape, parameters per stage, change against the first"
-    if len(archs) < 2: raise CliError(f"compare needs two or more ARCHs, got {len(archs)}; for one, use: fast-impl layers ARCH")
+    if len(archs) < 2:
+        raise CliError(f"compare needs two or more ARCHs, got {len(archs)}; for one: fast-impl layers ARCH")
     from .stats import compare_archs
     print(_render(compare_archs(list(archs), input_size=_ints(input, '--input')), format))
 
@@ -101,9 +104,11 @@ def _lr_range(lr: str) -> tuple[float | None, float]:
     lo, _, hi = lr.rpartition(':')
     try: lo, hi = (check_lr(float(lo)) if lo else None), check_lr(float(hi))
     except ValueError:
-        raise CliError(f"--lr must be LO:HI or HI with positive, finite rates, such as 1e-5:1e-3; got {lr!r}") from None
+        raise CliError(f"--lr must be LO:HI or HI with positive, finite rates, such as 1e-5:1e-3; "
+                       f"got {lr!r}") from None
     if lo is not None and lo > hi:
-        warnings.warn(f"--lr {lr} is reversed: the stem gets the higher rate; write {hi:g}:{lo:g} for the usual order")
+        warnings.warn(f"--lr {lr} is reversed: the stem gets the higher rate; "
+                      f"write {hi:g}:{lo:g} for the usual order")
     return lo, hi
 
 
@@ -120,12 +125,12 @@ def _rates(lr: str | None, decay: float | None) -> tuple | None:
 
 
 def _lrs(n: int, rates: tuple | None) -> list[float] | None:
-    "Per-group learning rates from `_rates`: geometric from LO to HI (as fastai spreads a slice), or layer decay"
+    "Per-group learning rates from `_rates`: geometric from LO to HI (as fastai spreads a slice), or decaying"
     if rates is None: return None
     from .lr import layer_decay, lr_spread
     lo, hi, decay = rates
     if decay is not None: return [float(x) for x in layer_decay(hi, n, decay)]
-    return [hi] * n if lo is None else lr_spread(lo, hi, n)  # fastai gives a single group the slice's upper end
+    return [hi] * n if lo is None else lr_spread(lo, hi, n)  # a single group: the slice's upper end (fastai)
 
 
 @command
@@ -204,11 +209,14 @@ def run(argv: list[str]) -> int:
 
 
 def _user_errors() -> tuple[type, ...]:
-    """Exceptions that mean bad input (an unknown arch is a ValueError), a forward pass failing on the given input,
-    or pretrained weights that cannot be fetched"""
-    errs = [CliError, IndexError, KeyError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError]
+    """Exceptions that mean bad input (an unknown arch is a ValueError), a forward pass failing on the given
+    input, or pretrained weights that cannot be fetched"""
+    errs = [CliError, IndexError, KeyError, ValueError, FileNotFoundError, IsADirectoryError,
+            NotADirectoryError]
     stats, resolve = sys.modules.get('fast_impl.stats'), sys.modules.get('fast_impl.resolve')
-    return tuple(errs + ([stats.ForwardError] if stats else []) + ([resolve.WeightsUnavailableError] if resolve else []))
+    if stats: errs.append(stats.ForwardError)
+    if resolve: errs.append(resolve.WeightsUnavailableError)
+    return tuple(errs)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -218,10 +226,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of `fast-impl`: bad input prints one line and exits with status 2; warnings print as one line"
+    "Entry point of `fast-impl`: bad input prints one line and exits with status 2; a warning is one line"
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
-        for cat in (DeprecationWarning, FutureWarning): warnings.filterwarnings('ignore', category=cat)  # for developers
+        for cat in (DeprecationWarning, FutureWarning):  # meant for developers, not for users of the CLI
+            warnings.filterwarnings('ignore', category=cat)
         try: return run(sys.argv[1:] if argv is None else argv)
         except SystemExit as e: return int(e.code or 0)  # --help
         except Exception as e:

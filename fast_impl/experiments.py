@@ -35,8 +35,8 @@ def image_folder_dls(path, size: int = 64, bs: int = 32, seed: int = 0):
 
 
 def _size_kwargs(arch, size: int) -> dict:
-    """Builder arguments with which `arch` takes `size`x`size` images: none, or the image size for models made for one
-    size (timm's `img_size`, torchvision's `image_size`); a one-line `ValueError` when neither works"""
+    """Builder arguments with which `arch` takes `size`x`size` images: none, or the image size for models made
+    for one size (timm's `img_size`, torchvision's `image_size`); a one-line `ValueError` if neither works"""
     from .resolve import arch_name, resolve
     from .stats import ForwardError, layer_summary
     resolve(arch)  # an unknown name fails here, as itself
@@ -90,7 +90,7 @@ def plot_curves(results: list[TrainResult], path):
 
 
 def _check_train(archs: list, data, epochs: int, lr: float, size: int, bs: int) -> list[dict]:
-    "Check every input of `train_archs` before anything is written; the builder arguments each arch needs for `size`"
+    "Check every input of `train_archs` before anything is written; returns each arch's builder arguments"
     from .lr import check_lr
     if not archs: raise ValueError("give at least one arch to train")
     for what, v, lo in (('epochs', epochs, 1), ('bs', bs, 1), ('size', size, 8)):
@@ -113,24 +113,25 @@ def _n_images(data, size: int, seed: int) -> tuple[int, int]:
         dls = _dls(None, size, 64, seed)
         return len(dls.train_ds), len(dls.valid_ds)
     from fastai.data.transforms import get_image_files
-    return len(get_image_files(pathlib.Path(data) / 'train')), len(get_image_files(pathlib.Path(data) / 'valid'))
+    return tuple(len(get_image_files(pathlib.Path(data) / d)) for d in ('train', 'valid'))
 
 
 def _batch_size(data, size: int, bs: int, seed: int) -> int:
-    "`bs`, or the number of training images when there are fewer (no epoch may run zero batches); checks the data"
+    "`bs`, or the number of training images when fewer (no epoch may run zero batches); checks the data"
     n_train, n_valid = _n_images(data, size, seed)
     if n_train < 2 or n_valid < 1:
-        raise ValueError(f"{data} has {n_train} training and {n_valid} validation images; train needs at least 2 "
-                         f"training images (in train/CLASS/) and 1 for validation (in valid/CLASS/)")
+        raise ValueError(f"{data} has {n_train} training and {n_valid} validation images; train needs at "
+                         f"least 2 training images (in train/CLASS/) and 1 for validation (in valid/CLASS/)")
     if n_train >= bs: return bs
-    warnings.warn(f"only {n_train} training images, fewer than the batch size {bs}: batches of {n_train} instead")
+    warnings.warn(f"only {n_train} training images, fewer than the batch size {bs}: "
+                  f"batches of {n_train} instead")
     return n_train
 
 
 def train_archs(archs: list, data=None, epochs: int = 3, lr: float = 3e-3, size: int = 32, bs: int = 64,
                 out='fast_impl_train', seed: int = 0) -> list[TrainResult]:
-    """Train each of `archs` from scratch on the same data (digits, or an image folder `data`); table and plot in `out`.
-    Every input is checked, and each arch built for `size`, before anything is written"""
+    """Train each of `archs` from scratch on the same data (digits, or an image folder `data`); table and
+    plot in `out`. Every input is checked, and each arch built for `size`, before anything is written"""
     kws = _check_train(archs, data, epochs, lr, size, bs)
     from fastai.torch_core import set_seed
     set_seed(seed, reproducible=True)

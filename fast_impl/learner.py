@@ -17,7 +17,7 @@ import fastai.callback.schedule, fastai.callback.progress  # noqa: F401  (fit_on
 from fastai.torch_core import norm_types
 from fastai.vision.core import imagenet_stats
 
-from .lr import check_lrs, layer_decay  # noqa: F401  (layer_decay: re-exported, it lives in the light `lr` module)
+from .lr import check_lrs, layer_decay  # noqa: F401  (layer_decay: re-exported from the light `lr` module)
 from .render import Report, fmt_int, html_table, pretty_table
 from .resolve import arch_name, check_pretrained, read_weights, resolve
 from .split import check_groups, splitter
@@ -164,7 +164,7 @@ def _per_group(lr) -> bool:
 
 
 def _checked(name: str, lr_arg: str):
-    "fastai's fit method `name`, checking the learning rates passed as `lr_arg` first (`DiscriminativeLearner._check`)"
+    "fastai's fit method `name`, first checking the learning rates passed as `lr_arg` (`_check`)"
     base = getattr(Learner, name)
     sig = inspect.signature(base)
 
@@ -176,8 +176,8 @@ def _checked(name: str, lr_arg: str):
 
 
 class DiscriminativeLearner(Learner):
-    """A fastai `Learner` that checks its groups partition the model, applies `no_decay_params`, checks the learning
-    rates of every fit, and warns on a futile `freeze` or on per-group rates given to frozen groups"""
+    """A fastai `Learner` that checks its groups partition the model, applies `no_decay_params`, checks the
+    learning rates of every fit, and warns on a futile `freeze` or on per-group rates for frozen groups"""
     def _bn_bias_state(self, with_bias): return [self.opt.state[p] for p in no_decay_params(self.model, with_bias)]
 
     def create_opt(self):
@@ -194,15 +194,17 @@ class DiscriminativeLearner(Learner):
         super().freeze_to(n)
 
     def _check(self, name: str, lr):
-        "Raise on a non-positive or non-finite rate; warn (once per fit) when per-group rates meet frozen groups"
+        "Raise on a non-positive or non-finite rate; warn (once per fit) on per-group rates for frozen groups"
         check_lrs(lr, f'{name} learning rate')
         if not _per_group(lr): return
         if self.opt is None: self.create_opt()
         frozen, n = getattr(self.opt, 'frozen_idx', 0), self.n_groups
         if not frozen: return
         trains = 'only the head group trains' if n - frozen == 1 else f'only the last {n - frozen} train'
-        warnings.warn(f"{name} got per-group learning rates but {frozen} of {n} groups are frozen, so {trains} "
-                      f"and their rates are unused: call learn.unfreeze() first, or use learn.fine_tune(...)", stacklevel=3)
+        warnings.warn(f"{name} got per-group learning rates but {frozen} of {n} groups are frozen, so "
+                      f"{trains} and their rates are unused: call learn.unfreeze() first, or use "
+                      f"learn.fine_tune(...)",
+                      stacklevel=3)
 
     fit = _checked('fit', 'lr')
     fit_one_cycle = _checked('fit_one_cycle', 'lr_max')
@@ -212,13 +214,14 @@ class DiscriminativeLearner(Learner):
 
 @patch(as_prop=True)
 def n_groups(self: Learner) -> int:
-    "Number of layer groups: the optimizer's, or the splitter's before the optimizer exists (`layer_decay(lr, learn)`)"
+    "Number of layer groups: the optimizer's, or the splitter's before it exists (`layer_decay(lr, learn)`)"
     if self.opt is not None: return len(self.opt.param_lists)
     return len(_as_groups(self.splitter(self.model)))
 
 
 _STRATEGIES = ('stages',)
-_GROUPS_HELP = "groups takes 'stages', a number of groups, cut paths such as ['layer2', 'layer4'], or a splitter function"
+_GROUPS_HELP = ("groups takes 'stages', a number of groups, cut paths such as ['layer2', 'layer4'], "
+                "or a splitter function")
 
 
 def _splitter(groups, model: nn.Module):
@@ -227,17 +230,21 @@ def _splitter(groups, model: nn.Module):
         split = groups if callable(groups) else splitter(groups)
         check_groups(unwrap(model), _as_groups(split(model)))
     except (ValueError, KeyError, IndexError, TypeError) as e:
-        close = difflib.get_close_matches(groups, _STRATEGIES, n=1, cutoff=0.6) if isinstance(groups, str) else []
+        close = difflib.get_close_matches(groups, _STRATEGIES, n=1) if isinstance(groups, str) else []
         why = f"did you mean {close[0]!r}?" if close else (str(e.args[0]) if e.args else type(e).__name__)
-        err = type(e) if isinstance(e, (ValueError, TypeError, IndexError)) else ValueError  # KeyError would quote
-        shown = getattr(groups, '__name__', None) if callable(groups) else None
-        raise err(f"groups={shown or repr(groups)} does not split {type(unwrap(model)).__name__}: {why} ({_GROUPS_HELP})") from e
+        err = type(e) if isinstance(e, (ValueError, TypeError, IndexError)) else ValueError  # KeyError quotes
+        shown = (getattr(groups, '__name__', None) if callable(groups) else None) or repr(groups)
+        name = type(unwrap(model)).__name__
+        raise err(f"groups={shown} does not split {name}: {why} ({_GROUPS_HELP})") from e
     return split
+
+
+_OURS = {'self', 'dls', 'model', 'splitter'}  # Learner arguments that discriminative_learner sets itself
 
 
 def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
     "`kwargs` split into those for `Learner` and those for the arch builder"
-    names = set(inspect.signature(Learner.__init__).parameters) - {'self', 'dls', 'model', 'splitter'}
+    names = set(inspect.signature(Learner.__init__).parameters) - _OURS
     return {k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names}
 
 
@@ -248,11 +255,11 @@ def _build(arch, n_out: int, pretrained, mkw: dict) -> nn.Module:
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if not bad or bad.group(1) not in mkw: raise
         k = bad.group(1)
-        learner_args = sorted(set(inspect.signature(Learner.__init__).parameters) - {'self', 'dls', 'model', 'splitter'})
-        close = difflib.get_close_matches(k, learner_args + ['groups', 'pretrained', 'n_out', 'normalize'], n=1)
+        learner_args = sorted(set(inspect.signature(Learner.__init__).parameters) - _OURS)
+        close = difflib.get_close_matches(k, learner_args + ['groups', 'pretrained', 'n_out', 'normalize'])
         hint = f"did you mean {close[0]!r}? " if close else ''
-        raise TypeError(f"{k!r} is not a Learner or builder argument of {arch_name(arch)}: {hint}Learner arguments: "
-                        f"{', '.join(learner_args)}; anything else goes to the builder") from e
+        raise TypeError(f"{k!r} is not a Learner or builder argument of {arch_name(arch)}: {hint}Learner "
+                        f"arguments: {', '.join(learner_args)}; anything else goes to the builder") from e
 
 
 @delegates(Learner.__init__, keep=True, but=['dls', 'model', 'splitter'])
@@ -264,8 +271,8 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
         dls: the fastai `DataLoaders`; `n_out` defaults to its number of classes.
         arch: a name (`'convnext_nano'`, `'torchvision:vit_b_16'`, `'fastai:xresnet18'`), builder or module.
             It keeps its own architecture; only its classifier is replaced for `n_out` classes.
-        groups: `'stages'`, a number of groups, cut paths (`['layer2', 'fc']`), or a splitter function; checked here,
-            on the model, so a bad value fails now rather than at the first fit.
+        groups: `'stages'`, a number of groups, cut paths (`['layer2', 'fc']`), or a splitter function;
+            checked here, on the model, so a bad value fails now rather than at the first fit.
         pretrained: `True` for the registry's weights, or a local weights file; then the model is frozen
             (all but the head group) and, with `normalize`, the arch's mean/std are added to `dls`.
         kwargs: `Learner` arguments (`metrics`, `opt_func`, `wd`, `cbs`, ...); the rest go to the arch builder
@@ -337,20 +344,24 @@ class GroupsReport(Report):
                                   frozen=r.frozen, trainable=r.trainable, wd=r.wd, no_wd_tensors=r.no_wd)
                              for r in self.rows])
 
-    HEADS = ['Group', 'Modules', 'Tensors', 'Params', '% of total', 'LR', 'Frozen', 'Trainable', 'WD', 'No-WD tensors']
+    HEADS = ['Group', 'Modules', 'Tensors', 'Params', '% of total', 'LR', 'Frozen', 'Trainable', 'WD',
+             'No-WD tensors']
 
     def _cells(self) -> list[list]:
         "The rows as the text and HTML tables show them (one set of headers and cells for both)"
         tot = self.total or 1
-        return [[r.group, r.first if r.first == r.last else f'{r.first} .. {r.last}', r.tensors, fmt_int(r.params),
-                 f'{100 * r.params / tot:.1f}%', f'{r.lr:.3g}', 'yes' if r.frozen else 'no', fmt_int(r.trainable),
-                 f'{r.wd:g}', f'{r.no_wd}/{r.tensors}'] for r in self.rows]
+        span = lambda r: r.first if r.first == r.last else f'{r.first} .. {r.last}'
+        return [[r.group, span(r), r.tensors, fmt_int(r.params), f'{100 * r.params / tot:.1f}%',
+                 f'{r.lr:.3g}', 'yes' if r.frozen else 'no', fmt_int(r.trainable), f'{r.wd:g}',
+                 f'{r.no_wd}/{r.tensors}']
+                for r in self.rows]
 
     def _footer(self) -> str: return f'Total params: {fmt_int(self.total)} in {len(self.rows)} groups'
 
     def to_text(self) -> str: return f'{pretty_table(self.HEADS, self._cells())}\n{self._footer()}'
 
-    def _repr_html_(self) -> str: return html_table(self.HEADS, self._cells(), self.title) + f'<p>{self._footer()}</p>'
+    def _repr_html_(self) -> str:
+        return html_table(self.HEADS, self._cells(), self.title) + f'<p>{self._footer()}</p>'
 
 
 @patch

@@ -1,8 +1,9 @@
 "Turn an arch (module, builder, or registry name) into an `nn.Module`, on the meta device unless told otherwise."
 from __future__ import annotations
 
-__all__ = ['resolve', 'arch_name', 'UnknownArchError', 'WeightsUnavailableError', 'register_source', 'SOURCES',
-           'known_names', 'on_meta', 'load_weights', 'read_weights', 'check_pretrained', 'native_input_size']
+__all__ = ['resolve', 'arch_name', 'UnknownArchError', 'WeightsUnavailableError', 'register_source',
+           'SOURCES', 'known_names', 'on_meta', 'load_weights', 'read_weights', 'check_pretrained',
+           'native_input_size']
 
 import difflib, inspect, os, socket, sys, types, urllib.parse, urllib.request, warnings
 from contextlib import contextmanager
@@ -57,7 +58,8 @@ def _check_tag(arch: str, tag: str):
     from timm.models import get_arch_pretrained_cfgs
     tags = [t.partition('.')[2] for t in get_arch_pretrained_cfgs(arch)]
     if tag not in tags:
-        raise UnknownArchError(f"timm has no weights tagged {tag!r} for {arch}; valid tags: {', '.join(tags) or 'none'}")
+        raise UnknownArchError(f"timm has no weights tagged {tag!r} for {arch}; "
+                               f"valid tags: {', '.join(tags) or 'none'}")
 
 
 @register_source('torchvision')
@@ -65,7 +67,8 @@ def _torchvision_builder(name: str):
     import torchvision
     if name.lower() not in torchvision.models.list_models(): return None
     def build(pretrained=False, **kw):
-        if not pretrained and 'weights_backbone' in _params(torchvision.models.get_model_builder(name.lower())):
+        takes_backbone = 'weights_backbone' in _params(torchvision.models.get_model_builder(name.lower()))
+        if not pretrained and takes_backbone:
             kw.setdefault('weights_backbone', None)  # segmentation/detection: no ImageNet backbone download
         return torchvision.models.get_model(name.lower(), weights='DEFAULT' if pretrained else None, **kw)
     build.__name__ = name
@@ -124,7 +127,7 @@ def _lookup(name: str) -> Callable:
 
 
 def _suggestions(bare: str, prefix: str | None, n: int = 8) -> list[str]:
-    "Known names close to `bare`: those it starts (shortest first), then difflib's close matches, with their sources"
+    "Known names near `bare`: those it begins (shortest first), then difflib's close matches; with sources"
     names = {}
     for full in known_names(prefix):
         src, _, nm = full.partition(':')
@@ -157,11 +160,11 @@ def _takes_kwargs(f) -> bool:
 
 
 def check_pretrained(pretrained):
-    "`pretrained` if it is True, False, None or a path (str or `os.PathLike`); else a `TypeError` naming the choices"
-    ok = isinstance(pretrained, (bool, os.PathLike)) or pretrained is None or (isinstance(pretrained, str) and pretrained)
-    if not ok:
-        raise TypeError(f"pretrained must be True (the registry's weights), False, or the path of a local weights "
-                        f"file; got {pretrained!r}")
+    "`pretrained` if it is True, False, None or a path (str, `os.PathLike`); else a `TypeError` naming those"
+    path = isinstance(pretrained, os.PathLike) or (isinstance(pretrained, str) and pretrained != '')
+    if not (path or isinstance(pretrained, bool) or pretrained is None):
+        raise TypeError(f"pretrained must be True (the registry's weights), False, or the path of a local "
+                        f"weights file; got {pretrained!r}")
     return pretrained
 
 
@@ -198,7 +201,7 @@ def resolve(arch, device: str | torch.device | None = 'meta', pretrained: bool |
 
 
 def _build(builder: Callable, kwargs: dict, device) -> nn.Module:
-    "`builder(**kwargs)` on `device`; on meta, built on the CPU (with a warning) if the builder needs real data"
+    "`builder(**kwargs)` on `device`; on meta, on the CPU (with a warning) if the builder needs real data"
     if device is None or torch.device(device).type != 'meta':
         with torch.device(device or 'cpu'): return _call(builder, kwargs, False)
     try:
@@ -213,27 +216,28 @@ def _cpu_fallback(builder, kwargs, err) -> nn.Module:
     "`builder` run on the CPU after failing on meta with `err`; warns only once the CPU build has worked"
     try: model = _call(builder, kwargs, False)
     except Exception: raise err from None  # fails on the CPU too: not a meta problem, no false warning
-    warnings.warn(f"{arch_name(builder)} cannot be built on the meta device ({type(err).__name__}: "
-                  f"{str(err).splitlines()[0][:120]}); built on the CPU instead, with real weights", stacklevel=5)
+    why = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+    warnings.warn(f"{arch_name(builder)} cannot be built on the meta device ({why}); built on the CPU "
+                  f"instead, with real weights", stacklevel=5)
     return model
 
 # ---------------------------------------------------------------- the registry's pretrained weights
 
 
 def _fetch(builder: Callable, kwargs: dict, shown: str) -> nn.Module:
-    "`builder` (named `shown`) with the registry's weights, on the CPU; offline, a `WeightsUnavailableError` in seconds"
+    "`builder` (named `shown`) with the registry's weights, on the CPU; offline, a one-line error in seconds"
     try:
         with torch.device('cpu'), _fail_fast_offline(): return _call(builder, kwargs, True)
     except OSError as e:
         msg = str(e).splitlines()[0] if str(e) else ''
         raise WeightsUnavailableError(
             f"could not fetch the pretrained weights of {shown} ({type(e).__name__}: {msg[:100]}); "
-            f"they are not in the local cache and the download failed (no network?): download them where there is "
-            f"a network, or pass a local weights file: pretrained='path/to/weights.pth'") from e
+            f"they are not in the local cache and the download failed (no network?): download them where "
+            f"there is a network, or pass a local weights file: pretrained='path/to/weights.pth'") from e
 
 
 def _reachable(url: str, timeout: float) -> bool:
-    "True when a TCP connection to the host of `url` (or to the HTTPS proxy in use) opens within `timeout` seconds"
+    "True when a TCP connection to the host of `url` (or to the HTTPS proxy in use) opens within `timeout` s"
     proxy = urllib.request.getproxies().get('https')
     host = urllib.parse.urlsplit(proxy if proxy and not urllib.request.proxy_bypass(url) else url)
     try:
@@ -243,8 +247,8 @@ def _reachable(url: str, timeout: float) -> bool:
 
 @contextmanager
 def _fail_fast_offline(timeout: float = 5.):
-    """Downloads give up within seconds with no network: huggingface_hub goes offline (its cache only, no retries
-    for a minute) when its host is unreachable, and sockets time out after `timeout` seconds (torch.hub)"""
+    """Downloads give up within seconds with no network: huggingface_hub goes offline (its cache only, no
+    retries for a minute) when its host is unreachable; sockets time out after `timeout` s (torch.hub)"""
     try: from huggingface_hub import constants as hub
     except ImportError: hub = None
     offline = hub is not None and not hub.HF_HUB_OFFLINE and not _reachable(hub.ENDPOINT, timeout)
@@ -303,10 +307,11 @@ def load_weights(model: nn.Module, path) -> nn.Module:
 
 def native_input_size(model: nn.Module, arch=None) -> tuple[int, ...] | None:
     """The input size (batch 1) `model` is made for: its patch embedding's `img_size` (timm) or `image_size`
-    (torchvision ViT), timm's `pretrained_cfg`, or the crop size of `arch`'s torchvision weights; None if unknown"""
+    (torchvision ViT), timm's `pretrained_cfg`, or the crop size of `arch`'s torchvision weights; else None"""
     cfg = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
     chans = cfg['input_size'][0] if cfg.get('input_size') else 3
-    side = _side(getattr(getattr(model, 'patch_embed', None), 'img_size', None)) or _side(getattr(model, 'image_size', None))
+    embed = getattr(model, 'patch_embed', None)
+    side = _side(getattr(embed, 'img_size', None)) or _side(getattr(model, 'image_size', None))
     if side: return (1, chans, *side)
     if cfg.get('input_size'): return (1, *cfg['input_size'])
     side = _side(_torchvision_crop(arch))
@@ -316,12 +321,13 @@ def native_input_size(model: nn.Module, arch=None) -> tuple[int, ...] | None:
 def _side(s) -> tuple[int, int] | None:
     "`s` as (height, width): from an int or a pair of ints; None otherwise"
     if isinstance(s, int) and not isinstance(s, bool) and s > 0: return (s, s)
-    if isinstance(s, (tuple, list)) and len(s) == 2 and all(isinstance(i, int) and i > 0 for i in s): return tuple(s)
+    pair = isinstance(s, (tuple, list)) and len(s) == 2
+    if pair and all(isinstance(i, int) and i > 0 for i in s): return tuple(s)
     return None
 
 
 def _torchvision_crop(arch):
-    "The crop (else resize) size of the default torchvision weights of `arch` (a name or builder); None if none"
+    "The crop (else resize) size of the default torchvision weights of `arch` (a name or builder), or None"
     if 'torchvision' not in sys.modules or not (isinstance(arch, str) or callable(arch)): return None
     import torchvision
     name = arch.strip().rpartition(':')[2].lower() if isinstance(arch, str) else arch

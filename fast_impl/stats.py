@@ -43,7 +43,7 @@ def _formula(func):
 
 @contextmanager
 def _no_fast_paths():
-    "MultiheadAttention and TransformerEncoder without their fused fast path (one opaque op that hides every matmul)"
+    "MultiheadAttention and TransformerEncoder without their fused fast path (one op hiding its matmuls)"
     mha = getattr(torch.backends, 'mha', None)
     old = mha.get_fastpath_enabled() if mha else None
     if mha: mha.set_fastpath_enabled(False)
@@ -192,8 +192,9 @@ def _forward(model: nn.Module, inputs: tuple, device: torch.device, structure: b
 def _forward_error(e: Exception, model: nn.Module, where: nn.Module, device) -> ForwardError:
     name = next((n for n, m in model.named_modules() if m is where), '')
     at = f"module '{name}' ({type(where).__name__})" if name else f'the root module ({type(where).__name__})'
-    why = str(e).splitlines()[0] if str(e).strip() else '(no message: an assert on the input, its size perhaps)'
-    return ForwardError(f"forward pass on {device} failed in {at}: {type(e).__name__}: {why}", name, str(device))
+    why = str(e).splitlines()[0] if str(e).strip() else '(no message: an assert on the input, its size maybe)'
+    msg = f"forward pass on {device} failed in {at}: {type(e).__name__}: {why}"
+    return ForwardError(msg, name, str(device))
 
 
 # ---------------------------------------------------------------- collect: model, device, inputs
@@ -281,15 +282,16 @@ def _meta_only(e: BaseException | None) -> bool:
 
 
 def _run(arch, input_size, input_data, device, dtype, kwargs: dict, structure: bool = False) -> _Pass:
-    """One counted forward pass of `arch` on `device` (input: `input_data`, else `input_size`, else the model's native
-    size); on meta, falls back to the CPU when the model needs real data"""
+    """One counted forward pass of `arch` on `device` (input: `input_data`, else `input_size`, else the
+    model's native size); on meta, falls back to the CPU when the model needs real data"""
     dev = _check_device(device)
     if input_size is not None and input_data is None: _check_size(input_size)
     model = _prepare(arch, dev, kwargs)
     size = _input_size(model, arch, input_size, kwargs)
     try: return _forward(model, _inputs(size, input_data, dtype, dev), dev, structure)
     except ForwardError as e:
-        if dev.type != 'meta' or not _meta_only(e.__cause__): raise _size_hint(e, model, arch, input_size, input_data)
+        if dev.type != 'meta' or not _meta_only(e.__cause__):
+            raise _size_hint(e, model, arch, input_size, input_data)
         warnings.warn(f"{arch_name(arch)} cannot run on the meta device ({e}); ran on the CPU with real weights",
                       stacklevel=3)
     cpu = torch.device('cpu')
@@ -299,16 +301,17 @@ def _run(arch, input_size, input_data, device, dtype, kwargs: dict, structure: b
 def _input_size(model: nn.Module, arch, input_size, kwargs: dict):
     "`input_size` if given, else the size `model` is made for (`native_input_size`), else (1, 3, 224, 224)"
     if input_size is not None: return input_size
-    side = next((kwargs[k] for k in ('img_size', 'image_size') if k in kwargs), None)  # a builder told the size
+    side = next((kwargs[k] for k in ('img_size', 'image_size') if k in kwargs), None)  # the builder's size
     if isinstance(side, int): return (1, 3, side, side)
     return native_input_size(model, arch) or (1, 3, 224, 224)
 
 
 def _size_hint(e: ForwardError, model: nn.Module, arch, input_size, input_data) -> ForwardError:
-    "`e`, its message ending with the input size the model is made for when a size the user gave may be the cause"
+    "`e`, its message ending with the size the model is made for when the size the user gave may be the cause"
     native = native_input_size(model, arch)
     if input_data is not None or input_size is None or native is None or tuple(input_size) == native: return e
-    e.args = (f"{e.args[0]} (the input was {list(input_size)}; {arch_name(arch)} is made for {list(native)})",)
+    e.args = (f"{e.args[0]} (the input was {list(input_size)}; {arch_name(arch)} is made for "
+              f"{list(native)})",)
     return e
 
 
@@ -412,7 +415,7 @@ def _line(first: str, cells: Sequence[str], width: int, widths: Sequence[int]) -
 
 
 def _col_widths(table: list[list[str]], col_width: int | None) -> list[int]:
-    "Each column's width: `col_width` for all (torchinfo's; long cells then overflow), or None: 14 or its longest cell"
+    "Column widths: `col_width` for all (torchinfo's; long cells overflow), or None: 14 or the longest cell"
     if col_width is not None: return [col_width] * len(table[0])
     return [max([14] + [len(r[i]) for r in table]) for i in range(len(table[0]))]
 
@@ -427,8 +430,8 @@ def _units(macs: int) -> tuple[str, float]:
 class LayerSummary(Report):
     "Per-layer kernel shape, shapes, parameters and mult-adds of one forward pass (seed 001); `.rows` are `LayerRow`s"
     def __init__(self, rows: list[LayerRow], total_params: int, trainable_params: int, total_mult_adds: int,
-                 device: str, input_shapes: list, output_shapes: list, columns: Sequence[Column], title: str = '',
-                 col_width: int | None = None):
+                 device: str, input_shapes: list, output_shapes: list, columns: Sequence[Column],
+                 title: str = '', col_width: int | None = None):
         self.rows, self.total_params, self.trainable_params = rows, total_params, trainable_params
         self.total_mult_adds, self.device, self.columns, self.title = total_mult_adds, device, list(columns), title
         self.input_shapes, self.output_shapes, self.col_width = input_shapes, output_shapes, col_width
@@ -438,7 +441,8 @@ class LayerSummary(Report):
 
     def to_text(self) -> str:
         w = _name_width(self.rows)
-        table = [[HEADERS[c] for c in self.columns]] + [[_cell(r, c) for c in self.columns] for r in self.rows]
+        table = [[HEADERS[c] for c in self.columns]]
+        table += [[_cell(r, c) for c in self.columns] for r in self.rows]
         ws = _col_widths(table, self.col_width)
         names = ['Layer (type (var_name))'] + [_prefix(r.depth) + _title(r) for r in self.rows]
         return '\n'.join([*(_line(n, cells, w, ws) for n, cells in zip(names, table)), *self._footer()])
@@ -489,13 +493,14 @@ def layer_summary(arch, input_size=None, depth: int | None = 3, device='meta', i
         arch: a module (never changed: copied to `device` unless already there), a builder, or a registry name
             such as `'convnext_base'`. The pass runs in eval mode, under `no_grad`; train/eval flags are restored.
         input_size: the input shape, or a list of shapes for several inputs; ignored when `input_data` is given.
-            None: the size the model is made for (timm's `pretrained_cfg`, torchvision's weights), else 1x3x224x224.
+            None: the size the model is made for (timm's `pretrained_cfg`, torchvision's weights), else
+            1x3x224x224.
         depth: levels of modules shown; deeper modules are folded into their ancestor's row. None: every level.
         device: where the pass runs; `'meta'` needs no weights. A model with data-dependent ops falls back to the CPU.
         input_data: a tensor, a list/tuple of positional inputs, or a dict of keyword inputs (non-image models).
         col_names: columns of the text table, from `Column` (seed 001's by default).
-        col_width: width of every text column, long cells overflowing (torchinfo's; seed 001 used 14); None: each
-            column as wide as its longest cell, at least 14.
+        col_width: width of every text column, long cells overflowing (torchinfo's; seed 001 used 14); None:
+            each column as wide as its longest cell, at least 14.
         kwargs: passed to the builder (`num_classes`, ...).
     """
     depth, cols, col_width = _check_depth(depth), _columns(col_names), _check_width(col_width)
@@ -507,7 +512,8 @@ def layer_summary(arch, input_size=None, depth: int | None = 3, device='meta', i
 
 def _check_width(w) -> int | None:
     if w is None or (isinstance(w, int) and not isinstance(w, bool) and w > 0): return w
-    raise ValueError(f"col_width must be a positive int (seed 001 used 14) or None to fit each column; got {w!r}")
+    raise ValueError(f"col_width must be a positive int (seed 001 used 14) or None to fit each column; "
+                     f"got {w!r}")
 
 
 @dataclass
@@ -523,7 +529,7 @@ class ArchRecord:
     stage_params: list[int]     # parameters per stage, stem first
     stages_by: str              # 'split_stages' or 'children' (the fallback)
     device: str
-    input_shapes: list[list[int]] = field(default_factory=list)  # the input given (the arch's native size by default)
+    input_shapes: list[list[int]] = field(default_factory=list)  # the input (by default the arch's own size)
 
 
 def _rel(x: int, base: int) -> float | None:
@@ -541,7 +547,8 @@ class Comparison(Report):
     def _cells(self) -> list[list]:
         b = self.records[0]
         return [[r.name, r.params, _rel(r.params, b.params), r.macs, _rel(r.macs, b.macs), r.depth, r.weight_layers,
-                 _fmt_shapes(r.input_shapes), _fmt_shapes(r.output_shapes), r.stage_params] for r in self.records]
+                 _fmt_shapes(r.input_shapes), _fmt_shapes(r.output_shapes), r.stage_params]
+                for r in self.records]
 
     _COLS = ['arch', 'params', 'params_change', 'mult_adds', 'mult_adds_change', 'depth', 'weight_layers',
              'input_shape', 'output_shape', 'stage_params']
@@ -552,10 +559,12 @@ class Comparison(Report):
 
     def _text_df(self):
         import pandas as pd
-        fmt = [str, fmt_int, _pct, fmt_int, _pct, str, str, str, str, lambda s: ' / '.join(f'{n:,}' for n in s)]
+        stages = lambda s: ' / '.join(f'{n:,}' for n in s)
+        fmt = [str, fmt_int, _pct, fmt_int, _pct, str, str, str, str, stages]
         rows = [[f(v) for f, v in zip(fmt, r)] for r in self._cells()]
         return pd.DataFrame(rows, columns=['Arch', 'Params', 'Δ params', 'Mult-adds', 'Δ mult-adds', 'Depth',
-                                           'Weight layers', 'Input shape', 'Output shape', 'Params per stage'])
+                                           'Weight layers', 'Input shape', 'Output shape',
+                                           'Params per stage'])
 
     def to_text(self) -> str:
         devices = sorted({r.device for r in self.records})

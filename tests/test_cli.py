@@ -65,14 +65,14 @@ def test_train_on_an_image_folder(tmp_path):
             for i in range(4):
                 Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / 'data' / split / c / f'{i}.png')
     r = cli('train', 'fast_impl:ResNet18', '--data', tmp_path / 'data', '--epochs', 1, '--size', 32,
-            '--out', tmp_path / 'out')  # 8 training images, fewer than the default batch of 64 (issue 11, item 2)
+            '--out', tmp_path / 'out')  # 8 training images, fewer than the default batch of 64 (issue 11)
     assert '| fast_impl:ResNet18 |' in r.stdout
     assert r.stderr.strip() == ('fast-impl: warning: only 8 training images, fewer than the batch size 64: '
                                 'batches of 8 instead')  # one line, no source file or line number
     assert (tmp_path / 'out' / 'train_curves.png').stat().st_size > 1000
     import pandas as pd
     df = pd.read_csv(tmp_path / 'out' / 'train_results.csv')
-    assert list(df.columns[:3]) == ['arch', 'params', 'train_loss'] and np.isfinite(df.train_loss).all()  # trained
+    assert list(df.columns[:3]) == ['arch', 'params', 'train_loss'] and np.isfinite(df.train_loss).all()
 
 
 def test_every_command_has_help():

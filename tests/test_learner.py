@@ -1,7 +1,7 @@
 "fastai integration: Learners for hard archs, per-group LRs reaching the optimizer, freezing, the wd policy, DDP."
 from __future__ import annotations
 
-import os, socket, time, warnings
+import time
 
 import numpy as np
 import pytest
@@ -117,7 +117,8 @@ def test_step_updates_each_param_once():
 
 def test_bad_splitter_raises_with_names():
     with pytest.raises(GroupError, match='fc.weight'):  # checked at construction, not at the first fit
-        discriminative_learner(synth_dls(), Toy(), groups=lambda m: [list(m.parameters()), list(m.fc.parameters())])
+        twice = lambda m: [list(m.parameters()), list(m.fc.parameters())]
+        discriminative_learner(synth_dls(), Toy(), groups=twice)
     learn = discriminative_learner(synth_dls(), Toy(), groups=3)
     learn.splitter = lambda m: [list(m.fc.parameters())]  # a splitter set later is checked by create_opt
     with pytest.raises(GroupError, match='stem.0.weight'): learn.create_opt()
@@ -203,16 +204,10 @@ def test_show_and_plot_groups():
     assert len(fig.axes) == 2
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _ddp_train(rank: int, world: int):
-    "Train the DDP model on this rank's own images; returns plain data only, so the Learner and DDP die with this frame"
+    "Train DDP on this rank's own images; returns plain data only: the Learner and DDP die with this frame"
     import torch.distributed as dist
-    torch.manual_seed(0)  # each rank trains on its own images: equal weights afterwards need synchronised gradients
+    torch.manual_seed(0)  # each rank trains on its own images: equal weights need synchronised gradients
     learn = discriminative_learner(synth_dls(seed=rank), 'fastai:xresnet18', groups='stages', widen=0.25)
     learn.model = nn.parallel.DistributedDataParallel(learn.model)  # as fastai's DistributedTrainer does
     learn.create_opt()
@@ -226,14 +221,14 @@ def _ddp_train(rank: int, world: int):
     return rank, every, sums, len(mine)
 
 
-def _ddp_worker(rank, world, port, q):
-    """One rank. Clean shutdown order: the DDP model (which holds the process group) is freed, then every rank waits
-    at a barrier, then the group is destroyed; a rank exiting with the group alive aborts in gloo's threads"""
+def _ddp_worker(rank, world, store, q):
+    """One rank. Clean shutdown order: the DDP model (which holds the process group) is freed, then every
+    rank waits at a barrier, then the group is destroyed (a rank that exits with it alive aborts in gloo)"""
     import datetime, gc
     import torch.distributed as dist
     torch.set_num_threads(1)  # two ranks on a small machine: no oversubscription
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    dist.init_process_group('gloo', rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group('gloo', init_method=f'file://{store}', rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))  # a file store: no port to collide on
     try:
         q.put(_ddp_train(rank, world))
         gc.collect()  # the Learner's reference cycles hold the DDP model and, through it, the process group
@@ -241,18 +236,19 @@ def _ddp_worker(rank, world, port, q):
     finally: dist.destroy_process_group()
 
 
-def test_distributed_groups_and_step():
+def test_distributed_groups_and_step(tmp_path):
     import torch.multiprocessing as mp
-    ctx = mp.get_context('spawn')
-    q = ctx.Queue()
-    procs = mp.start_processes(_ddp_worker, args=(2, _free_port(), q), nprocs=2, join=False, start_method='spawn')
+    q = mp.get_context('spawn').Queue()
+    procs = mp.start_processes(_ddp_worker, args=(2, tmp_path / 'store', q), nprocs=2, join=False,
+                               start_method='spawn')
     try:
-        res = [q.get(timeout=300) for _ in range(2)]  # a rank that dies early fails the test here, never hangs it
+        res = [q.get(timeout=300) for _ in range(2)]  # a rank that dies early fails the test here, no hang
         deadline = time.monotonic() + 120
         while not procs.join(timeout=5):  # raises if a rank exits non-zero (SIGABRT at teardown included)
             assert time.monotonic() < deadline, 'a rank did not exit within 2 minutes of training'
     finally:
-        for p in procs.processes: p.kill() if p.is_alive() else None
+        for p in procs.processes:
+            if p.is_alive(): p.kill()
     for rank, every, sums, n in res:
         assert n >= 3 and every[0] == every[1]  # identical groups, by name, on both ranks
         assert sums[0] == sums[1]  # one synchronised step: identical weights

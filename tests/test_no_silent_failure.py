@@ -1,5 +1,6 @@
-"""Issue 11: no silent failure on any path a user takes. One test (or more) per item of the issue; the table of bad
-inputs is in test_bad_input.py, `fast-impl train` on a tiny folder in test_cli.py, the DDP test in test_learner.py."""
+"""Issue 11: no silent failure on any path a user takes. One test (or more) per item of the issue; the table
+of bad inputs is in test_bad_input.py, `fast-impl train` on a tiny folder in test_cli.py, DDP in
+test_learner.py."""
 from __future__ import annotations
 
 import gc, inspect, json, pathlib, re, socket, time, warnings
@@ -38,9 +39,10 @@ def test_1_per_group_rates_on_frozen_groups_warn_once_per_fit(tmp_path):
     with learn.no_bar(), learn.no_logging(), warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter('always')
         learn.fit_one_cycle(1, lr_max=layer_decay(1e-3, learn))
-        assert _frozen_warnings(rec) == [f'fit_one_cycle got per-group learning rates but {n - 1} of {n} groups are '
-                                         f'frozen, so only the head group trains and their rates are unused: call '
-                                         f'learn.unfreeze() first, or use learn.fine_tune(...)']
+        assert _frozen_warnings(rec) == [
+            f'fit_one_cycle got per-group learning rates but {n - 1} of {n} groups are frozen, so only the '
+            f'head group trains and their rates are unused: call learn.unfreeze() first, or use '
+            f'learn.fine_tune(...)']
         learn.fit(1, lr=slice(1e-5, 1e-3))
         assert len(_frozen_warnings(rec)) == 2  # once per fit
         learn.fine_tune(1, 1e-3, freeze_epochs=1)  # fastai's frozen phase (slice(lr)) stays quiet
@@ -60,7 +62,8 @@ def test_1_readme_unfreezes_before_per_group_rates():
 def test_3_learning_rates_checked_and_reversed_ranges_warn(capsys):
     from fast_impl.lr import check_lrs, lr_spread
     with pytest.warns(UserWarning, match=r'slice\(0.001, 1e-05\) is reversed'): check_lrs(slice(1e-3, 1e-5))
-    assert lr_spread(1e-5, 1e-3, 3) == pytest.approx([1e-5, 1e-4, 1e-3]) and lr_spread(1e-5, 1e-3, 1) == [1e-3]
+    assert lr_spread(1e-5, 1e-3, 3) == pytest.approx([1e-5, 1e-4, 1e-3])
+    assert lr_spread(1e-5, 1e-3, 1) == [1e-3]
     assert main(['groups', 'torchvision:resnet18', '--lr', '1e-3:1e-5']) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ['fast-impl: warning: --lr 1e-3:1e-5 is reversed: the stem gets the higher rate; '
@@ -140,8 +143,8 @@ def test_6_segmentation_builders_download_nothing(offline, monkeypatch):
 def test_7_native_input_sizes():
     assert layer_summary('vit_base_patch16_384', depth=0).input_shapes == [[1, 3, 384, 384]]
     assert layer_summary('botnet26t_256', depth=0).input_shapes == [[1, 3, 256, 256]]
-    assert native_input_size(resolve('torchvision:inception_v3', init_weights=False), 'torchvision:inception_v3') \
-        == (1, 3, 299, 299)
+    inception = resolve('torchvision:inception_v3', init_weights=False)
+    assert native_input_size(inception, 'torchvision:inception_v3') == (1, 3, 299, 299)
     assert native_input_size(resolve('vit_tiny_patch16_224', img_size=32)) == (1, 3, 32, 32)  # built for 32
     assert native_input_size(resolve('fast_impl:SimpleCNN')) is None  # unknown: 224 is assumed
     c = compare_archs(['fast_impl:SimpleCNN', 'botnet26t_256']).to_df()
@@ -159,14 +162,14 @@ def test_7_train_builds_models_for_the_data_size():
     assert _size_kwargs('torchvision:vit_b_16', 32) == {'image_size': 32}
     assert _size_kwargs('fast_impl:ResNet18', 32) == {}
 
-# ---------------------------------------------------------------- 8, 9. the Learner: groups, keywords, n_groups
+# ---------------------------------------------------------------- 8, 9. Learner: groups, keywords, n_groups
 
 
 def test_8_groups_and_keywords_checked_at_construction():
     with pytest.raises(ValueError, match=r"groups='stage' does not split XResNet: did you mean 'stages'\?"):
         _learner(groups='stage')
-    with pytest.raises(TypeError, match=r"'metric' is not a Learner or builder argument of fastai:xresnet18: did you "
-                                        r"mean 'metrics'\?"):
+    with pytest.raises(TypeError, match=r"'metric' is not a Learner or builder argument of fastai:xresnet18: "
+                                        r"did you mean 'metrics'\?"):
         _learner(metric=None)
 
 

@@ -67,7 +67,7 @@ AsymInception (AsymInception)            --             [1, 96, 32, 32] --      
 
 
 def seed_summary(key: str) -> LayerSummary:
-    return layer_summary(SEED_001[key][0](), input_size=SMALL, depth=2, col_width=14)  # the seed's torchinfo call
+    return layer_summary(SEED_001[key][0](), input_size=SMALL, depth=2, col_width=14)  # as in the seed
 
 
 @pytest.mark.parametrize('key', list(SEED_001))
