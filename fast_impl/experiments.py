@@ -19,6 +19,14 @@ class TrainResult:
     curves: dict = field(default_factory=dict)  # 'train_loss', 'valid_loss', 'accuracy': one value per epoch
 
 
+def _check_out(out) -> pathlib.Path:
+    "The output folder `out`, checked before anything is written: it may exist, but only as a folder"
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out {str(out)!r} is a file, not a folder; choose another --out")
+    return out
+
+
 def _check_folder(path) -> pathlib.Path:
     path = pathlib.Path(path)
     missing = [d for d in ('train', 'valid') if not (path / d).is_dir()]
@@ -89,7 +97,7 @@ def plot_curves(results: list[TrainResult], path):
     return fig
 
 
-def _check_train(archs: list, data, epochs: int, lr: float, size: int, bs: int) -> list[dict]:
+def _check_train(archs: list, data, epochs: int, lr: float, size: int, bs: int, out) -> list[dict]:
     "Check every input of `train_archs` before anything is written; returns each arch's builder arguments"
     from .lr import check_lr
     if not archs: raise ValueError("give at least one arch to train")
@@ -98,6 +106,7 @@ def _check_train(archs: list, data, epochs: int, lr: float, size: int, bs: int) 
             raise ValueError(f"{what} must be an int >= {lo}; got {v!r}")
     check_lr(lr, 'lr')
     if data: _check_folder(data)
+    _check_out(out)
     return [_size_kwargs(a, size) for a in archs]
 
 
@@ -132,7 +141,7 @@ def train_archs(archs: list, data=None, epochs: int = 3, lr: float = 3e-3, size:
                 out='fast_impl_train', seed: int = 0) -> list[TrainResult]:
     """Train each of `archs` from scratch on the same data (digits, or an image folder `data`); table and
     plot in `out`. Every input is checked, and each arch built for `size`, before anything is written"""
-    kws = _check_train(archs, data, epochs, lr, size, bs)
+    kws = _check_train(archs, data, epochs, lr, size, bs, out)
     from fastai.torch_core import set_seed
     set_seed(seed, reproducible=True)
     bs = _batch_size(data, size, bs, seed)  # fails, or shrinks the batch, before `out` exists
@@ -184,7 +193,7 @@ def demo(out='demo_out', seeds: int = 5, quick: bool = False) -> dict:
     from .summary import arch_summary
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an int >= 1 (repeats of each method); got {seeds!r}")
-    out = pathlib.Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = _check_out(out); out.mkdir(parents=True, exist_ok=True)
     epochs, pre_epochs, seeds = (2, 1, 1) if quick else (10, 8, seeds)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     print('fast_impl demo: transfer learning on scikit-learn digits (embedded, no download)\n')

@@ -262,6 +262,17 @@ def _build(arch, n_out: int, pretrained, mkw: dict) -> nn.Module:
                         f"arguments: {', '.join(learner_args)}; anything else goes to the builder") from e
 
 
+def _n_out(n_out, dls) -> int:
+    "`n_out` checked, or the number of classes of `dls` when it is None"
+    from fastai.data.transforms import get_c
+    if n_out is not None and (isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1):
+        raise ValueError(f"n_out must be a number of classes >= 1, or None for the number in dls; "
+                         f"got {n_out!r}")
+    n_out = n_out or get_c(dls)
+    if not n_out: raise ValueError("n_out is not given and dls has no `c` or vocab to infer it from; pass n_out=")
+    return n_out
+
+
 @delegates(Learner.__init__, keep=True, but=['dls', 'model', 'splitter'])
 def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | os.PathLike = False,
                            n_out: int | None = None, normalize: bool = True, **kwargs) -> DiscriminativeLearner:
@@ -278,12 +289,9 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
         kwargs: `Learner` arguments (`metrics`, `opt_func`, `wd`, `cbs`, ...); the rest go to the arch builder
             (`img_size`, `image_size`, `drop_path_rate`, ...).
     """
-    from fastai.data.transforms import get_c
     check_pretrained(pretrained)
     lkw, mkw = _split_kwargs(kwargs)
-    n_out = n_out or get_c(dls)
-    if not n_out: raise ValueError("n_out is not given and dls has no `c` or vocab to infer it from; pass n_out=")
-    model = _build(arch, n_out, pretrained, mkw)
+    model = _build(arch, _n_out(n_out, dls), pretrained, mkw)
     split = _splitter(groups, model)
     if pretrained and normalize: _add_norm(dls, arch_stats(model))
     learn = DiscriminativeLearner(dls, model, splitter=split, **lkw)

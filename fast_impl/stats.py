@@ -200,9 +200,21 @@ def _forward_error(e: Exception, model: nn.Module, where: nn.Module, device) -> 
 # ---------------------------------------------------------------- collect: model, device, inputs
 
 def _check_device(device) -> torch.device:
-    try: return torch.device(device)
+    "`device` as a `torch.device` that this machine has; else a `ValueError` naming the valid ones"
+    try: dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device must be a torch device such as 'meta', 'cpu' or 'cuda:0'; got {device!r}") from e
+    backend = getattr(torch, dev.type, None) if dev.type not in ('cpu', 'meta') else None
+    if backend is not None and hasattr(backend, 'is_available') and not backend.is_available():
+        raise ValueError(f"device {str(dev)!r} is not available on this machine; use 'meta' (no weights) "
+                         f"or 'cpu'")
+    return dev
+
+
+def _check_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point: return dtype
+    raise TypeError(f"dtype must be a floating torch dtype such as torch.float32 or torch.bfloat16; "
+                    f"got {dtype!r}")
 
 
 def _is_shape(s) -> bool:
@@ -284,7 +296,7 @@ def _meta_only(e: BaseException | None) -> bool:
 def _run(arch, input_size, input_data, device, dtype, kwargs: dict, structure: bool = False) -> _Pass:
     """One counted forward pass of `arch` on `device` (input: `input_data`, else `input_size`, else the
     model's native size); on meta, falls back to the CPU when the model needs real data"""
-    dev = _check_device(device)
+    dev, dtype = _check_device(device), _check_dtype(dtype)
     if input_size is not None and input_data is None: _check_size(input_size)
     model = _prepare(arch, dev, kwargs)
     size = _input_size(model, arch, input_size, kwargs)
@@ -597,7 +609,7 @@ def _label(arch) -> str:
 
 def _named(archs) -> list[tuple[str, object]]:
     "`archs` (a list or a dict name -> arch) as (unique name, arch) pairs"
-    if isinstance(archs, dict): return [(str(k), a) for k, a in archs.items()]
+    if isinstance(archs, dict) and archs: return [(str(k), a) for k, a in archs.items()]
     if isinstance(archs, (str, nn.Module)) or not isinstance(archs, (list, tuple)) or not archs:
         raise TypeError(f"archs must be a non-empty list of archs or a dict of name -> arch; got {archs!r:.80}")
     names, out = defaultdict(int), []

@@ -60,7 +60,9 @@ CLI = [
     (['train', 'fast_impl:ResNet18', '--lr', '-1'], 'lr must be a positive, finite number'),
     (['train', 'fast_impl:ResNet18', '--size', '4'], 'size must be an int >= 8; got 4'),
     (['train', 'nosuch_net'], "unknown arch 'nosuch_net'"),
+    (['train', 'fast_impl:ResNet18', '--out', 'notes.txt'], "out 'notes.txt' is a file, not a folder"),
     (['demo', '--seeds', '0'], 'seeds must be an int >= 1'),
+    (['demo', '--out', 'notes.txt'], "out 'notes.txt' is a file, not a folder"),
 ]
 
 
@@ -153,6 +155,11 @@ def _api():
         ('layers width', _toy, lambda m: layer_summary(m, col_width=0), ValueError, 'col_width must be'),
         ('layers cols', _toy, lambda m: layer_summary(m, col_names=['x']), ValueError, 'col_names must be'),
         ('layers device', _toy, lambda m: layer_summary(m, device='gpu9'), ValueError, 'device must be'),
+        ('layers xpu', _toy, lambda m: layer_summary(m, device='xpu'), ValueError,
+         "device 'xpu' is not available on this machine"),
+        ('layers dtype', _toy, lambda m: layer_summary(m, dtype='float16'), TypeError, 'dtype must be'),
+        ('compare {}', none, lambda _: compare_archs({}), TypeError, 'archs must be a non-empty list'),
+        ('n_out=0', _dls, learner_kw(n_out=0), ValueError, 'n_out must be a number of classes >= 1'),
         ('compare str', none, lambda _: compare_archs('resnet18'),
          TypeError, 'archs must be a non-empty list'),
         ('decay lr 0', none, lambda _: layer_decay(0, 3), ValueError, 'lr_max must be a positive, finite'),
