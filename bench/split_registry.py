@@ -24,6 +24,7 @@ class Row:
     build_s: float = 0.
     split_s: float = 0.
     order_s: float = 0.
+    trace_s: float = 0.     # the forward pass on meta inside the split (part of split_s)
     strategy: str = ''
     n_stages: int = 0
     n4: int = 0
@@ -35,6 +36,11 @@ class Row:
     error: str = ''
     meta: bool = True
     built: bool = False
+    traced: bool = False    # the split's own forward pass ran (else registration order, with a warning)
+    stem_pct: float = 0.
+    norm_split: str = ''    # first norm found apart from its layer (either split)
+    res_defined: bool = False
+    res_over: str = ''      # first body group spanning more than one resolution change
 
 
 def arch_names(limit: int | None = None) -> list[str]:
@@ -57,9 +63,12 @@ def _build(name: str):
     return resolve(name)
 
 
-def _pct(groups) -> float:
+def _pcts(groups) -> list[float]:
     sizes = [sum(p.numel() for p in g) for g in groups]
-    return 100 * max(sizes) / (sum(sizes) or 1)
+    return [100 * x / (sum(sizes) or 1) for x in sizes]
+
+
+def _pct(groups) -> float: return max(_pcts(groups))
 
 
 def _order(row: Row, m, gs, g4, name: str):
@@ -77,20 +86,47 @@ def _order(row: Row, m, gs, g4, name: str):
     row.order, row.order_note = ('fail', bad[0][:160]) if bad else ('ok', '')
 
 
+def _timed_trace():
+    "Wrap the split's forward pass to time it (a benchmark-only hook); returns the list the times go to"
+    import fast_impl.split.trace as T
+    times, inner = [], T.trace
+    def trace(*a, **k):
+        t = time.perf_counter()
+        try: return inner(*a, **k)
+        finally: times.append(time.perf_counter() - t)
+    T.trace = trace
+    return times
+
+
+def _checks(row: Row, p, gs, g4):
+    "The rules' invariants: norms with their layers, body groups within one resolution change, stem size"
+    from fast_impl.split.check import body_resolutions, group_names, norm_splits
+    names = [group_names(p.model, g) for g in (gs, g4)]
+    bad = norm_splits(p, names[0]) + norm_splits(p, names[1])
+    row.norm_split = bad[0][:160] if bad else ''
+    res = body_resolutions(p, names[0])
+    row.res_defined = any(res)
+    over = [f'group {i + 1}: ' + ' -> '.join('x'.join(map(str, r)) for r in rs) for i, rs in enumerate(res) if len(rs) > 2]
+    # a group's list: the resolution it takes, then each new output resolution of its blocks (3+: two changes)
+    row.res_over = over[0][:160] if over else ''
+    row.stem_pct = _pcts(gs)[0]
+
+
 def sweep_one(name: str, order: bool = True) -> Row:
-    "Build `name` on meta, split it both ways, check partition and (when `order`) forward order"
+    "Build `name` on meta, split it both ways, check partition, the rules and (when `order`) forward order"
     warnings.simplefilter('ignore')
     from fast_impl.split import check_groups, plan, split_n, split_stages
-    row = Row(name, name.partition(':')[0])
+    row, times = Row(name, name.partition(':')[0]), _timed_trace()
     try:
         t = time.perf_counter(); m = _build(name); row.build_s = time.perf_counter() - t
         row.built = True
         row.meta = all(p.is_meta for p in m.parameters())
-        t = time.perf_counter(); gs = split_stages(m); g4 = split_n(m, 4); row.split_s = time.perf_counter() - t
-        row.strategy = plan(m).strategy
+        t = time.perf_counter(); p = plan(m); gs = split_stages(p); g4 = split_n(p, 4); row.split_s = time.perf_counter() - t
+        row.trace_s, row.traced, row.strategy = sum(times), p.index.trace is not None, p.strategy
         check_groups(m, gs); check_groups(m, g4)
         row.partition = True
         row.n_stages, row.n4, row.stages_max_pct, row.n4_max_pct = len(gs), len(g4), _pct(gs), _pct(g4)
+        _checks(row, p, gs, g4)
         if order: _order(row, m, gs, g4, name)
     except Exception as e:
         row.error = f'{type(e).__name__}: {str(e).splitlines()[0][:160]}' if str(e) else type(e).__name__
@@ -126,16 +162,31 @@ def summary(rows: list[Row], wall: float, procs: int) -> list[tuple[str, str, st
     order_ok = sum(r.order == 'ok' for r in checked)
     three = sum(r.n_stages >= 3 for r in ok)
     four = sum(r.n4 == 4 and r.n4_max_pct <= 50 for r in ok)
-    build, split = sum(r.build_s for r in rows), sum(r.split_s for r in rows)
+    build, split, fwd = (sum(getattr(r, k) for r in rows) for k in ('build_s', 'split_s', 'trace_s'))
+    res = [r for r in ok if r.res_defined]
+    norm_bad, res_bad, stem_big = (sum(bool(c(r)) for r in pool) for c, pool in
+                                   [(lambda r: r.norm_split, ok), (lambda r: r.res_over, res), (lambda r: r.stem_pct > 10, ok)])
+    shares = sorted(r.stages_max_pct for r in ok)
     pct = lambda a, b: f'{a}/{b} = {100 * a / max(b, 1):.1f}%'
     return [('partition (every parameter exactly once, both splits)', pct(part, n), '100%', part == n),
             ('forward order (both splits; models that run on meta)', pct(order_ok, len(checked)), '>= 98%',
              order_ok >= .98 * len(checked)),
             ('split_stages gives 3+ groups', pct(three, n), '>= 95%', three >= .95 * n),
             ('split_n(m, 4): 4 groups, none over 50%', pct(four, n), '>= 90%', four >= .9 * n),
+            ("the split's own forward pass ran (else registration order, warned)", pct(sum(r.traced for r in ok), len(ok)),
+             '-', True),
+            ('norm apart from its layer (either split)', pct(norm_bad, len(ok)), '0 models', norm_bad == 0),
+            ('body group spanning more than one resolution change (models with convolutions)', pct(res_bad, len(res)),
+             '< 2%', res_bad < .02 * len(res)),
+            ('stem group over 10% of the parameters', pct(stem_big, len(ok)), '< 1%', stem_big < .01 * len(ok)),
+            ("largest split_stages group's share: median / 90th percentile / max",
+             ' / '.join(f'{shares[int(q * (len(shares) - 1))]:.0f}%' for q in (.5, .9, 1)) if shares else '-', '-', True),
             (f'whole sweep, {procs} processes', f'{wall / 60:.1f} min', '<= 10 min', wall <= 600),
-            ('splitting time / build time', f'{split:.1f} s / {build:.1f} s = {100 * split / max(build, 1e-9):.1f}%',
-             '<= 10%', split <= .1 * build)]
+            ('splitting time / build time (with the forward pass)',
+             f'{split:.1f} s / {build:.1f} s = {100 * split / max(build, 1e-9):.1f}%', '<= 10%', split <= .1 * build),
+            ('  of which the forward pass on meta', f'{fwd:.1f} s = {100 * fwd / max(build, 1e-9):.1f}% of build', '-', True),
+            ('  splitting without it', f'{split - fwd:.1f} s = {100 * (split - fwd) / max(build, 1e-9):.1f}% of build',
+             '<= 10%', split - fwd <= .1 * build)]
 
 
 def _names(rows: list[Row], cond, note=lambda r: '') -> str:
@@ -167,6 +218,14 @@ def render(rows: list[Row], wall: float, procs: int) -> str:
     lines += ['## split_n(m, 4) not 4 groups, or a group over 50%', '',
               _names(ok, lambda r: r.n4 != 4 or r.n4_max_pct > 50, lambda r: f'{r.n4} groups, largest {r.n4_max_pct:.0f}%')]
     lines += ['## Order check skipped', '', _names(ok, lambda r: r.order == 'skip', lambda r: r.order_note)]
+    lines += ["## No forward pass in the split (registration order, warned)", '', _names(ok, lambda r: not r.traced)]
+    lines += ['## Norm apart from its layer', '', _names(ok, lambda r: r.norm_split, lambda r: r.norm_split)]
+    lines += ['## Body group spanning more than one resolution change', '',
+              _names(ok, lambda r: r.res_over, lambda r: r.res_over)]
+    lines += ['## Stem group over 10% of the parameters', '',
+              _names(ok, lambda r: r.stem_pct > 10, lambda r: f'{r.stem_pct:.0f}%')]
+    lines += ["## Largest split_stages group over 60%", '',
+              _names(ok, lambda r: r.stages_max_pct > 60, lambda r: f'{r.n_stages} groups, largest {r.stages_max_pct:.0f}%')]
     return '\n'.join(lines)
 
 

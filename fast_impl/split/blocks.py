@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __all__ = ['Block', 'Plan', 'Index', 'View', 'view', 'as_model', 'owner', 'under', 'span', 'classifiers', 'CONTAINERS', 'LATE']
 
-import re, warnings
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -26,8 +26,10 @@ class Block:
 
 
 class Index:
-    "One module's named parameters and modules, walked once and shared by every step of a split (no module state)"
-    def __init__(self, model: nn.Module): self.model = model
+    "One module's named parameters, modules and forward trace, each made once and shared by every step of a split"
+    def __init__(self, model: nn.Module, input_size=None, trace=False):
+        self.model, self.input_size = model, input_size
+        if trace is not False: self.trace = trace  # a trace made already (of the model that holds this one)
 
     @cached_property
     def params(self) -> list[tuple[str, nn.Parameter]]: return list(self.model.named_parameters())
@@ -39,18 +41,41 @@ class Index:
     def weights(self) -> dict[str, int]: return {n: p.numel() for n, p in self.params}
 
     @cached_property
+    def sequence(self) -> list[str]:
+        "Parameter names in forward order; each one the forward pass does not use stays behind the one defined before it"
+        rank, key, keyed = self.rank, -1, []
+        for i, n in enumerate(self.weights):
+            key = rank.get(n, key)
+            keyed.append((key, i, n))
+        return [n for _, _, n in sorted(keyed)]
+
+    @cached_property
+    def position(self) -> dict[str, int]: return {n: i for i, n in enumerate(self.weights)}
+
+    @cached_property
+    def trace(self):
+        "The `Trace` of a forward pass on a meta copy, or None when none can run"
+        from .trace import trace
+        return trace(self.model, self.input_size)
+
+    @property
     def rank(self) -> dict[str, int]:
-        "Rank of each parameter by first use in a forward pass on meta copies of its tensors; empty when it fails"
-        from .trace import meta_order
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                return {n: i for i, n in enumerate(meta_order(self.model))}
-        except Exception: return {}
+        "Rank of each parameter by first use in the forward pass (empty when none could run)"
+        return self.trace.rank if self.trace is not None else {}
 
     def name_of(self, m: nn.Module) -> str | None:
         "The first dotted name of module `m`, if it is in the model"
         return next((n for n, x in self.modules if x is m), None)
+
+    def held_by(self, module: str) -> list[str]:
+        "Names of the parameters held directly by `module`"
+        return self._held.get(module, [])
+
+    @cached_property
+    def _held(self) -> dict[str, list[str]]:
+        out = {}
+        for n in self.weights: out.setdefault(owner(n), []).append(n)
+        return out
 
 
 @dataclass

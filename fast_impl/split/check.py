@@ -1,7 +1,8 @@
 "Checks on layer groups: they partition a model's parameters, and they follow its forward order."
 from __future__ import annotations
 
-__all__ = ['GroupError', 'check_groups', 'group_names', 'order_violations', 'grouped_model']
+__all__ = ['GroupError', 'check_groups', 'group_names', 'order_violations', 'grouped_model', 'name_violations',
+           'norm_splits', 'body_resolutions']
 
 from typing import Sequence
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from ..tree import unwrap
+from .blocks import owner
 from .trace import first_use_order
 
 
@@ -73,3 +75,32 @@ def name_violations(groups: list[list[str]], order: list[str]) -> list[str]:
         bad += [f'{order[r]} (group {i}) is used before {order[done]} (group {at})' for r in used if r < done]
         if max(used) > done: done, at = max(used), i
     return bad
+
+
+def norm_splits(p, groups: list[list[str]]) -> list[str]:
+    "Each norm layer that is not in the group of the conv or linear layer whose output it normalises (rule 3)"
+    tr, where = p.index.trace, {n: i for i, g in enumerate(groups) for n in g}
+    if tr is None: return []
+    out = []
+    for norm, layer in tr.norm_of.items():
+        ns, ls = p.index.held_by(norm), p.index.held_by(layer)
+        if ns and ls and any(where.get(n) != where.get(ls[0]) for n in ns):
+            out.append(f'{norm} (group {where.get(ns[0])}) normalises {layer} (group {where.get(ls[0])})')
+    return out
+
+
+def body_resolutions(p, groups: list[list[str]]) -> list[list[tuple[int, ...]]]:
+    "Per body group (not stem, not head): the resolution it takes, then each change of its blocks' output resolution"
+    tr = p.index.trace
+    if tr is None or len(groups) < 3: return []
+    where = {n: i for i, g in enumerate(groups) for n in g}
+    last = lambda b: max((c for c in {owner(n) for n in b.params} if c in tr.size),
+                         key=lambda c: tr.rank.get(f'{c}.weight', -1), default=None)
+    out, prev = [[] for _ in groups], None
+    for b in p.blocks:
+        i, c = where.get(b.params[0]), last(b)
+        if i is None or c is None: continue
+        res = out[i] or ([prev] if prev else [])
+        if not res or res[-1] != tr.size[c]: res.append(tr.size[c])
+        out[i], prev = res, tr.size[c]
+    return out[1:-1] if p.head else out[1:]

@@ -36,10 +36,14 @@ class _Tree:
         self.heads = heads
         self.mods = dict(ix.modules)
         self.w: dict[str, int] = {}
+        self.first: dict[str, int] = {}  # module -> first use of any parameter under it (rule 1: forward order)
+        rank = ix.rank
         for n, p in ix.params:
-            if self.in_head(n): continue
             parts = n.split('.')
-            for i in range(len(parts)): self.w['.'.join(parts[:i])] = self.w.get('.'.join(parts[:i]), 0) + p.numel()
+            for i in range(len(parts)):
+                m = '.'.join(parts[:i])
+                if n in rank: self.first[m] = min(self.first.get(m, rank[n]), rank[n])
+                if not self.in_head(n): self.w[m] = self.w.get(m, 0) + p.numel()
 
     def in_head(self, name: str) -> bool: return any(under(name, h) for h in self.heads)
 
@@ -50,7 +54,15 @@ class _Tree:
             full = f'{node}.{n}' if node else n
             if any(under(h, full) and h != full for h in self.heads): out += self.kids(full)
             elif self.w.get(full) and not self.in_head(full): out.append(full)
-        return out
+        return self.in_order(out)
+
+    def in_order(self, names: list[str]) -> list[str]:
+        "`names` in forward order (rule 1); one that the forward pass does not use stays behind its predecessor"
+        key, keyed = -1, []
+        for i, n in enumerate(names):
+            key = self.first.get(n, key)
+            keyed.append((key, i, n))
+        return [n for *_, n in sorted(keyed)]
 
     def cls(self, name: str) -> type: return type(self.mods[name])
     def leaf(self, name: str) -> bool: return not any(True for _ in self.mods[name].children())
@@ -167,18 +179,71 @@ def generic_blocks(ix: Index, headless: bool) -> list[Block]:
     node, stem, tail = _descend(tree)
     kstem, stages, ktail = _stages_at(tree, node)
     stem, tail = stem + kstem, ktail + tail
-    late = _late(tail, heads, list(w))
+    stem, more = _stem_stages(tree, stem, ix)
+    stages = _join_transitions(tree, more + stages, ix)
+    late = _late(tail, heads, ix.sequence)
     tail = [t for t in tail if t not in late]
     mods = [[stem]] if stem else []
     mods += [_stage_blocks(tree, s) for s in stages]
     if tail: mods[-1] = mods[-1][:-1] + [mods[-1][-1] + tail] if mods else [tail]
     blocks = [Block([], b, 'stem' if stem and i == 0 else 'body', i) for i, st in enumerate(mods) for b in st]
     if heads: blocks.append(Block([], heads + late, 'head', len(mods)))
-    return _after_head(_fill(blocks, ix), list(w))
+    return _after_head(_fill(blocks, ix), ix.sequence)
+
+
+# ---- stages follow resolution (rule 6, where the forward pass saw convolutions)
+
+def _layers(tree: _Tree, name: str) -> int:
+    "How many weight matrices or kernels the module `name` holds: 1 for a layer (conv + norm), more for a block"
+    return sum(p.ndim >= 2 for p in tree.mods[name].parameters())
+
+
+def _resolution(tree: _Tree, name: str, ix: Index) -> tuple[int, ...] | None:
+    "Output size (pixels or tokens) of the last layer on a feature map that module `name` runs, if it runs one"
+    if ix.trace is None: return None
+    convs = [c for c in ix.trace.size if under(c, name)]
+    return ix.trace.size[max(convs, key=lambda c: ix.rank.get(f'{c}.weight', -1))] if convs else None
+
+
+def _by_resolution(tree: _Tree, names: list[str], ix: Index) -> list[list[str]]:
+    "`names` cut before each one whose output resolution differs from the one before it"
+    runs, last = [], None
+    for n in names:
+        r = _resolution(tree, n, ix) or last
+        if not runs or r != last: runs.append([])
+        runs[-1].append(n)
+        last = r
+    return runs
+
+
+def _stem_stages(tree: _Tree, stem: list[str], ix: Index) -> tuple[list[str], list[list[str]]]:
+    "The stem cut after its leading layers when it holds whole stages (heavy, several resolutions, or blocks in a sequence)"
+    lead = list(itertools.takewhile(lambda k: _layers(tree, k) <= 1, stem))
+    rest = stem[len(lead):]
+    if not lead or not rest: return stem, []
+    total = sum(tree.w[k] for k in tree.kids('')) or 1
+    sizes = {r for r in (_resolution(tree, k, ix) for k in stem) if r}
+    staged = any(isinstance(tree.mods[k], CONTAINERS) and any(_layers(tree, c) > 1 for c in tree.kids(k)) for k in rest)
+    if sum(tree.w[k] for k in stem) * 10 <= total and len(sizes) <= 2 and not staged: return stem, []
+    return lead, _by_resolution(tree, rest, ix)
+
+
+def _join_transitions(tree: _Tree, stages: list[list[str]], ix: Index) -> list[list[str]]:
+    "Plain layers ending a stage that change the resolution (a downsample, patch merging) start the next stage of blocks"
+    has_blocks = lambda st: any(_layers(tree, k) > 1 for k in st)
+    out = [list(st) for st in stages]
+    for i in range(len(out) - 1):
+        st, prev = out[i], out[i - 1] if i else []
+        n = len(list(itertools.takewhile(lambda k: _layers(tree, k) <= 1, reversed(st))))
+        before = st[-n - 1] if n < len(st) else prev[-1] if prev and has_blocks(prev) else None
+        res = _resolution(tree, st[-1], ix) if n else None
+        if res is None or before is None or not has_blocks(out[i + 1]) or res == _resolution(tree, before, ix): continue
+        out[i], out[i + 1] = st[:-n], st[-n:] + out[i + 1]
+    return [st for st in out if st]
 
 
 def _late(mods: list[str], heads: list[str], names: list[str]) -> list[str]:
-    "Those of `mods` defined after the head (a final norm): they run after the classifier"
+    "Those of `mods` after the head in `names` (forward order where known): they run after the classifier"
     if not heads: return []
     first = lambda m: next((i for i, n in enumerate(names) if under(n, m)), -1)
     start = min(first(h) for h in heads)
@@ -186,7 +251,7 @@ def _late(mods: list[str], heads: list[str], names: list[str]) -> list[str]:
 
 
 def _after_head(blocks: list[Block], names: list[str]) -> list[Block]:
-    "Last body blocks defined after the classifier (a final norm) run after it: they join the head, never the whole body"
+    "Last body blocks after the classifier in `names` (a final norm) run after it: they join the head, never the whole body"
     heads = [b for b in blocks if b.role == 'head']
     if not heads: return blocks
     at = {n: i for i, n in enumerate(names)}

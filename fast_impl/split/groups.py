@@ -3,22 +3,16 @@ from __future__ import annotations
 
 __all__ = ['split_stages', 'split_n', 'split_at', 'stage_blocks', 'balance', 'check_n']
 
-import bisect, warnings
+import warnings
 from typing import Sequence
 
 from torch import nn
 
 from ..tree import find_module
-from .blocks import CONTAINERS, LATE, Block, Index, Plan, as_model, owner, view
-from .check import check_groups
+from .blocks import CONTAINERS, LATE, Block, Index, Plan, as_model, owner, under, view
+from .check import GroupError, check_groups, name_violations
 from .plan import plan
-
-
-def _to_params(ix: Index, groups: list[list[str]]) -> list[list[nn.Parameter]]:
-    ps = dict(ix.params)
-    out = [[ps[n] for n in g] for g in groups]
-    check_groups(ix.model, out)
-    return out
+from .rules import norms_with_layers
 
 
 def _by_stage(p: Plan, attr: str) -> list[list[str]]:
@@ -32,17 +26,24 @@ def _by_stage(p: Plan, attr: str) -> list[list[str]]:
     return groups
 
 
-def stage_blocks(model) -> list[list[str]]:
+def stage_blocks(model, head=None) -> list[list[str]]:
     "Dotted module names per `split_stages` group (stem, stages, head): the module ranges of each group"
-    return _by_stage(plan(model), 'modules')
+    return _by_stage(_plan(model, head), 'modules')
 
 
-def split_stages(model) -> list[list[nn.Parameter]]:
-    "Layer groups of `model`: the stem, one group per stage, and the head last"
-    p = plan(model)
+def _plan(model, head) -> Plan:
+    "The plan of `model` (or `model` itself when it is one), with `head` modules in the head"
+    if isinstance(model, Plan) and head is not None:
+        raise ValueError("head= goes to plan(model, head=...) when a Plan is given; this one is made already")
+    return plan(model, head=head)
+
+
+def split_stages(model, head=None) -> list[list[nn.Parameter]]:
+    "Layer groups of `model`: the stem, one group per stage, and the head last (`head`: modules that belong to it)"
+    p = _plan(model, head)
     groups = _by_stage(p, 'params')
     if len(groups) == 1: _warn_one(p)
-    return _to_params(p.index, groups)
+    return _to_params(p, groups)
 
 
 def _warn_one(p: Plan) -> None:
@@ -51,6 +52,33 @@ def _warn_one(p: Plan) -> None:
     if len(p.blocks) > 1 or len(kids) > 1:
         warnings.warn(f"{type(p.model).__name__}: one layer group for {len(p.blocks)} blocks and {len(kids)} children "
                       f"with parameters ({', '.join(kids[:4])}{', ...' if len(kids) > 4 else ''}); split_n or split_at cut it")
+
+
+def _to_params(p: Plan, groups: list[list[str]]) -> list[list[nn.Parameter]]:
+    "The parameters of each group of names, checked to partition the model; warns when forward order is not kept"
+    ps = dict(p.index.params)
+    out = [[ps[n] for n in g] for g in groups]
+    check_groups(p.model, out)
+    _warn_order(p, groups)
+    return out
+
+
+def _warn_order(p: Plan, groups: list[list[str]]) -> None:
+    "Rule 1's warnings: no forward pass could run (registration order used), or a parameter used before an earlier group's"
+    name, tr = type(p.model).__name__, p.index.trace
+    if tr is None:
+        warnings.warn(f"{name}: no forward pass on the meta device ran with input {_sizes(p)}, so the groups follow the "
+                      f"order the modules were registered in; give the input size: split_stages(plan(model, "
+                      f"input_size=(1, 3, 64, 64)))", stacklevel=3)
+        return
+    bad = name_violations(groups, tr.order)
+    if bad: warnings.warn(f"{name}: {len(bad)} parameters are used before a parameter of an earlier group "
+                          f"(first: {bad[0]}); the groups do not follow the forward order there", stacklevel=3)
+
+
+def _sizes(p: Plan) -> str:
+    from .trace import input_sizes
+    return ' or '.join(str(s) for s in input_sizes(p.model, p.index.input_size))
 
 
 def check_n(n) -> int:
@@ -80,13 +108,14 @@ def _pack(weights: Sequence[int], cap: int, k: int) -> list[list[int]]:
     return runs
 
 
-def split_n(model, n: int) -> list[list[nn.Parameter]]:
+def split_n(model, n: int, head=None) -> list[list[nn.Parameter]]:
     "`n` contiguous layer groups of `model`, cut at block boundaries and balanced by parameter count, the head last"
-    p, n = plan(model), check_n(n)
+    n = check_n(n)
+    p = _plan(model, head)
     groups = _n_groups(p, n)
     if len(groups) < n:
         warnings.warn(f"{type(p.model).__name__} has {len(p.body)} body blocks: {len(groups)} groups instead of {n}")
-    return _to_params(p.index, groups)
+    return _to_params(p, groups)
 
 
 def _n_groups(p: Plan, n: int) -> list[list[str]]:
@@ -95,7 +124,7 @@ def _n_groups(p: Plan, n: int) -> list[list[str]]:
     if n == 1 or not body: return [[q for b in p.blocks for q in b.params]]
     k = n - 1 if head else n
     w = p.index.weights
-    body = _refine(body, w, sum(w[q] for b in body for q in b.params) / k, p.model)
+    body = norms_with_layers(_refine(body, w, sum(w[q] for b in body for q in b.params) / k, p.model), p.index)
     lens, groups, i = balance([sum(w[q] for q in b.params) for b in body], min(k, len(body))), [], 0
     for m in lens:
         groups.append([q for b in body[i:i + m] for q in b.params])
@@ -172,22 +201,32 @@ def _cut_names(model: nn.Module, paths) -> list[str]:
     return out
 
 
-def split_at(model, paths) -> list[list[nn.Parameter]]:
+def split_at(model, paths, head=None) -> list[list[nn.Parameter]]:
     "Layer groups of `model` cut before each module in `paths` (index paths like `[4]`, dotted names like `'layer2'`)"
-    model = as_model(model)
-    cuts = _cut_names(model, paths)
+    p = _plan(model, head) if head is not None else None
+    ix = p.index if p else model.index if isinstance(model, Plan) else Index(as_model(model))
+    cuts = _cut_names(ix.model, paths)
     if not cuts: raise ValueError("split_at needs at least one cut: an index path like [4] or a dotted name like 'layer2'")
-    order = [n for n, _ in model.named_modules()]
-    pos = {n: i for i, n in enumerate(order)}
-    bounds = sorted({pos[c] for c in cuts})
-    groups = [[] for _ in range(len(bounds) + 1)]
-    for n, _ in model.named_parameters(): groups[bisect.bisect_right(bounds, _param_pos(n, pos))].append(n)
-    starts = ['the start'] + [repr(order[b]) for b in bounds]
-    empty = [s for g, s in zip(groups, starts) if not g]
-    if empty:
-        from .check import GroupError
-        raise GroupError(f"cuts at {cuts} leave empty groups (from {', '.join(empty)}); cut only where parameters follow")
-    return _to_params(Index(model), groups)
+    heads = {n for b in p.head for n in b.params} if p else set()  # with `head=`, the plan's head group is last
+    seq = [n for n in ix.sequence if n not in heads]
+    at = {n: i for i, n in enumerate(seq)}
+    bounds = sorted({_cut_at(ix, c, at) for c in cuts})
+    groups = [seq[a:b] for a, b in zip([0] + bounds, bounds + [len(seq)])]
+    starts = ['the start'] + [repr(c) for c in cuts]
+    empty = [f'{s} to the next cut' for g, s in zip(groups, starts) if not g]
+    if empty or len(bounds) < len(set(cuts)):
+        raise GroupError(f"cuts at {cuts} leave empty groups; cut only where parameters follow, in forward order")
+    tail = [n for n in ix.weights if n not in at]
+    return _to_params(Plan(ix.model, [], 'at', ix), groups + ([tail] if tail else []))  # `tail`: the head
+
+
+def _cut_at(ix: Index, cut: str, at: dict[str, int]) -> int:
+    "Where cut `cut` falls in the sequence: its first parameter, or the first defined after it when it holds none"
+    inside = [at[n] for n in ix.weights if under(n, cut) and n in at]
+    if inside: return min(inside)
+    pos = {n: i for i, (n, _) in enumerate(ix.modules)}
+    later = [at[n] for n in at if _param_pos(n, pos) > pos[cut]]
+    return min(later, default=len(at))
 
 
 def _param_pos(name: str, pos: dict[str, int]) -> int:

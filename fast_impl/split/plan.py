@@ -3,12 +3,15 @@ from __future__ import annotations
 
 __all__ = ['STRATEGIES', 'plan', 'StrategyError']
 
+from typing import Sequence
+
 from torch import nn
 
 from ..registry import Registry
 from .blocks import Block, Index, Plan, as_model, under, view
 from .fixes import apply_fixes
 from .generic import generic_blocks
+from .rules import apply_rules, head_modules
 from .timm import timm_blocks
 
 STRATEGIES = Registry('split strategy')  # name -> f(index, headless) -> list[Block] | None (None: does not apply)
@@ -20,27 +23,36 @@ class StrategyError(ValueError):
     "A split strategy asked for by name that does not apply to the model"
 
 
-def plan(model, strategy: str | None = None) -> Plan:
-    "The ordered blocks of `model` (a module, wrapped or not, or an arch name) from the first strategy that applies"
+def plan(model, strategy: str | None = None, input_size: Sequence[int] | None = None, head=None) -> Plan:
+    """The ordered blocks of `model` (a module, wrapped or not, or an arch name) from the first strategy that applies.
+
+    Args:
+        strategy: a name in `STRATEGIES` ('timm', 'generic'); by default the first that applies.
+        input_size: the input of the forward pass on meta that orders the blocks (default: the arch's own size,
+            else one fitted to its first layer).
+        head: module names or index paths that belong to the head group, beside those the rules find.
+    """
     if isinstance(model, Plan): return model
     model = as_model(model)
-    v, ix = view(model), Index(model)
-    body = ix if v.body is model else Index(v.body)
-    names = [strategy] if strategy else list(STRATEGIES)
-    for s in names:
-        blocks = STRATEGIES.get_or_raise(s)(body, v.head is not None)
-        if blocks:
-            blocks = apply_fixes(blocks, v.body)
-            break
-    if not blocks and v.head is None:
-        if strategy and any(True for _ in model.parameters()):
-            raise StrategyError(f"split strategy {strategy!r} does not apply to {type(model).__name__}; "
-                                f"valid: {', '.join(STRATEGIES)}, or None for the first that applies")
-        raise ValueError(f"{type(model).__name__} has no parameters to split")
+    v, ix = view(model), Index(model, input_size)
+    body = ix if v.body is model else Index(v.body, trace=ix.trace and ix.trace.within(v.prefix))
+    blocks, s = _strategy_blocks(body, v, strategy)
     blocks = [Block([v.prefix + p for p in b.params], [v.prefix + m if m else v.prefix.rstrip('.') for m in b.modules],
                     b.role, b.stage, b.whole) for b in blocks]
     if v.head is not None: blocks = _add_head(blocks, ix, v.head)
-    return Plan(model, blocks, s, ix)
+    return Plan(model, apply_rules(blocks, ix, head_modules(model, head)), s, ix)
+
+
+def _strategy_blocks(body: Index, v, strategy: str | None) -> tuple[list[Block], str]:
+    "The blocks of the first strategy that applies (or of `strategy`), with the family fixes applied"
+    for s in [strategy] if strategy else list(STRATEGIES):
+        blocks = STRATEGIES.get_or_raise(s)(body, v.head is not None)
+        if blocks: return apply_fixes(blocks, v.body), s
+    if v.head is not None: return [], s
+    if strategy and any(True for _ in v.model.parameters()):
+        raise StrategyError(f"split strategy {strategy!r} does not apply to {type(v.model).__name__}; "
+                            f"valid: {', '.join(STRATEGIES)}, or None for the first that applies")
+    raise ValueError(f"{type(v.model).__name__} has no parameters to split")
 
 
 def _add_head(blocks: list[Block], ix: Index, head: str) -> list[Block]:

@@ -15,41 +15,44 @@ class Splitter:
     "A picklable fastai `splitter` (so `learn.export()` works): `kind` 'stages', 'n' (`arg` groups) or 'at' (`arg` cuts)"
     kind: str = 'stages'
     arg: object = None
+    head: object = None  # module names or index paths that belong to the head group
 
     def __post_init__(self):
         if self.kind not in _SPLITS: raise ValueError(f"unknown splitter kind {self.kind!r}; valid: {', '.join(_SPLITS)}")
         if self.kind == 'n': check_n(self.arg)
 
-    def __call__(self, model) -> list[list[nn.Parameter]]: return _SPLITS[self.kind](model, self.arg)
+    def __call__(self, model) -> list[list[nn.Parameter]]: return _SPLITS[self.kind](model, self.arg, self.head)
 
     @property
-    def groups(self): return 'stages' if self.kind == 'stages' else self.arg  # `splitter(s.groups) == s`
+    def groups(self): return 'stages' if self.kind == 'stages' else self.arg  # `splitter(s.groups, s.head) == s`
 
-    def __repr__(self) -> str: return f"{_MAKERS[self.kind]}({'' if self.kind == 'stages' else repr(self.arg)})"
+    def __repr__(self) -> str:
+        args = ([] if self.kind == 'stages' else [repr(self.arg)]) + ([] if self.head is None else [f'head={self.head!r}'])
+        return f"{_MAKERS[self.kind]}({', '.join(args)})"
 
 
-_SPLITS = {'stages': lambda m, _: split_stages(m), 'n': split_n, 'at': split_at}
+_SPLITS = {'stages': lambda m, _, head: split_stages(m, head), 'n': split_n, 'at': split_at}
 _MAKERS = {'stages': 'stage_splitter', 'n': 'n_splitter', 'at': 'at_splitter'}
 
 
-def stage_splitter() -> Splitter:
-    "A fastai `splitter`: `split_stages` of the (maybe DDP-wrapped) model"
-    return Splitter('stages')
+def stage_splitter(head=None) -> Splitter:
+    "A fastai `splitter`: `split_stages` of the (maybe DDP-wrapped) model, with `head` modules in the head group"
+    return Splitter('stages', head=head)
 
 
-def n_splitter(n: int) -> Splitter:
-    "A fastai `splitter`: `split_n(model, n)`"
-    return Splitter('n', n)
+def n_splitter(n: int, head=None) -> Splitter:
+    "A fastai `splitter`: `split_n(model, n, head)`"
+    return Splitter('n', n, head)
 
 
-def at_splitter(paths) -> Splitter:
-    "A fastai `splitter`: `split_at(model, paths)`"
-    return Splitter('at', paths)
+def at_splitter(paths, head=None) -> Splitter:
+    "A fastai `splitter`: `split_at(model, paths, head)`"
+    return Splitter('at', paths, head)
 
 
-def splitter(groups='stages') -> Splitter:
-    "A fastai `splitter` for `groups`: 'stages', a number of groups, or cut points (index paths / dotted names)"
-    if groups == 'stages': return stage_splitter()
-    if isinstance(groups, int) and not isinstance(groups, bool): return n_splitter(groups)
-    if isinstance(groups, (str, list, tuple)): return at_splitter(groups)
+def splitter(groups='stages', head=None) -> Splitter:
+    "A fastai `splitter` for `groups`: 'stages', a number of groups, or cut points; `head`: modules for the head group"
+    if groups == 'stages': return stage_splitter(head)
+    if isinstance(groups, int) and not isinstance(groups, bool): return n_splitter(groups, head)
+    if isinstance(groups, (str, list, tuple)): return at_splitter(groups, head)
     raise ValueError(f"groups must be 'stages', a number of groups, or a list of cut points; got {groups!r}")

@@ -1,9 +1,12 @@
 "Forward order: which parameters a forward pass uses first, on meta copies (nothing allocated, the model untouched)."
 from __future__ import annotations
 
-__all__ = ['guess_input_size', 'first_use_order', 'meta_order', 'run_order']
+__all__ = ['Trace', 'trace', 'guess_input_size', 'first_use_order', 'meta_order', 'run_order', 'is_norm', 'input_sizes']
 
-import itertools
+import itertools, warnings
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -29,6 +32,209 @@ class _FirstUse(torch.overrides.TorchFunctionMode):
                 for t in (a if isinstance(a, (list, tuple)) else (a,)):
                     if id(t) in self.ids and id(t) not in self.seen: self.seen[id(t)] = len(self.seen)
         return func(*args, **kwargs)
+
+
+# ---------------------------------------------------------------- one recorded forward pass
+
+F = torch.nn.functional
+_NORM_FNS = {F.batch_norm, F.group_norm, F.instance_norm}
+_ROW_NORM_FNS = {F.layer_norm, getattr(F, 'rms_norm', F.layer_norm)}
+_UNARY_FNS = {F.relu, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.relu6, F.leaky_relu, F.elu, F.mish, F.dropout,
+              torch.sigmoid, torch.tanh, torch.Tensor.sigmoid, torch.Tensor.tanh, torch.Tensor.softmax, F.softmax}
+_BINARY_FNS = {torch.add, torch.mul, torch.sub, torch.Tensor.add, torch.Tensor.mul, torch.Tensor.sub,
+               torch.Tensor.__add__, torch.Tensor.__mul__, torch.Tensor.__sub__, torch.Tensor.__radd__, torch.Tensor.__rmul__}
+_INPLACE_FNS = {torch.Tensor.add_, torch.Tensor.mul_, torch.Tensor.__iadd__, torch.Tensor.__imul__}
+
+
+def _shortcut(func, args, kwargs):
+    "The output of a common op on meta tensors, made directly from its shape rule; None where the rule may not hold"
+    x = args[0] if args else None
+    if not (isinstance(x, torch.Tensor) and x.is_meta): return None
+    if func in _ROW_NORM_FNS: return torch.empty(x.shape, dtype=x.dtype, device='meta')  # always contiguous
+    if func is F.scaled_dot_product_attention and len(args) > 2 and x.ndim == args[2].ndim:
+        return torch.empty(*x.shape[:-1], args[2].shape[-1], dtype=x.dtype, device='meta')
+    if not x.is_contiguous(): return None
+    if func is F.interpolate: return _resized(x, args, kwargs)
+    if func in _NORM_FNS or func in _UNARY_FNS: return x if kwargs.get('inplace') else torch.empty_like(x)
+    if func is F.linear and len(args) > 1 and args[1].ndim == 2 and x.ndim and x.shape[-1] == args[1].shape[1]:
+        return torch.empty(*x.shape[:-1], args[1].shape[0], dtype=x.dtype, device='meta')
+    if func in _BINARY_FNS or func in _INPLACE_FNS:
+        y = args[1] if len(args) > 1 else None
+        if kwargs or not (isinstance(y, (int, float)) or isinstance(y, torch.Tensor) and y.is_meta and y.is_contiguous()):
+            return None
+        shape = torch.broadcast_shapes(x.shape, y.shape) if isinstance(y, torch.Tensor) else x.shape
+        if func in _INPLACE_FNS: return x if shape == x.shape else None
+        return torch.empty(shape, dtype=torch.result_type(x, y), device='meta')
+    return None
+
+
+def _resized(x: torch.Tensor, args, kwargs) -> torch.Tensor | None:
+    "`F.interpolate`'s output when the size is given (a scale factor needs torch's own rounding rules)"
+    size = kwargs.get('size', args[1] if len(args) > 1 else None)
+    if size is None: return None
+    size = [size] * (x.ndim - 2) if isinstance(size, int) else list(size)
+    return torch.empty(*x.shape[:2], *size, dtype=x.dtype, device='meta') if len(size) == x.ndim - 2 else None
+
+
+def _is_map(t: torch.Tensor, batch: int) -> bool:
+    "True for a feature map or token sequence (several positions per sample), False for pooled features"
+    return t.ndim >= 2 and (t.shape[0] != batch or sum(d > 1 for d in t.shape[1:]) >= 2)
+
+
+class _Recorder(torch.overrides.TorchFunctionMode):
+    "Record each parameter's first use (by id) and how many had been used at the last op on a feature map"
+    def __init__(self, ids: set[int], batch: int, fast: bool):
+        super().__init__()
+        self.ids, self.batch, self.fast, self.seen, self.mark = ids, batch, fast, {}, None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, '__name__', '') in _META_FUNCS: return func(*args, **kwargs)
+        on_map = False
+        for a in (*args, *kwargs.values()):
+            for t in (a if isinstance(a, (list, tuple)) else (a,)):
+                if id(t) in self.ids:
+                    if id(t) not in self.seen: self.seen[id(t)] = len(self.seen)
+                elif isinstance(t, torch.Tensor) and not on_map: on_map = _is_map(t, self.batch)
+        if on_map: self.mark = len(self.seen)
+        out = _shortcut(func, args, kwargs) if self.fast else None
+        return func(*args, **kwargs) if out is None else out
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, getattr(nn, 'RMSNorm', nn.LayerNorm))
+
+
+def is_norm(m: nn.Module) -> bool:
+    "True for a norm layer: vectors of its own (a scale, a shift) and no child with parameters; torch's or any `*Norm*`"
+    own = list(m.parameters(recurse=False))
+    if not own or any(p.ndim > 1 for p in own) or any(True for c in m.children() for _ in c.parameters()): return False
+    return isinstance(m, _NORMS) or 'Norm' in type(m).__name__  # timm's BatchNormAct2d, LayerNorm2d, RmsNorm, ...
+
+
+def _is_layer(m: nn.Module) -> bool:
+    "True for a conv or linear layer: a module holding its own `weight` matrix or kernel, not a norm"
+    w = m._parameters.get('weight')
+    return w is not None and w.ndim >= 2 and not is_norm(m)
+
+
+def _first_tensor(x):
+    if isinstance(x, torch.Tensor): return x
+    if isinstance(x, (list, tuple)): return next((t for t in x if isinstance(t, torch.Tensor)), None)
+    return None
+
+
+@dataclass
+class Trace:
+    "What one eval forward pass on meta showed: parameters by first use, where the head starts, norms and map sizes"
+    order: list[str]  # parameter names by first use (unused ones left out)
+    head_from: int | None  # position in `order` of the first parameter used after the last op on a feature map
+    norm_of: dict[str, str] = field(default_factory=dict)  # norm module -> the conv/linear whose output it takes
+    size: dict[str, tuple[int, ...]] = field(default_factory=dict)  # layer on a map -> its output's positions (H, W)
+
+    @cached_property
+    def rank(self) -> dict[str, int]: return {n: i for i, n in enumerate(self.order)}
+
+    @property
+    def late(self) -> list[str]:
+        "Parameters first used after the last op on a feature map (on pooled features): none if there was no map"
+        return [] if self.head_from is None else self.order[self.head_from:]
+
+    def within(self, prefix: str) -> Trace:
+        "This trace seen from the submodule whose names start with `prefix` (names without it)"
+        cut = lambda d: {k[len(prefix):]: v[len(prefix):] if isinstance(v, str) else v for k, v in d.items()
+                         if k.startswith(prefix) and (not isinstance(v, str) or v.startswith(prefix))}
+        order = [n[len(prefix):] for n in self.order if n.startswith(prefix)]
+        late = set(self.late)
+        head_from = next((i for i, n in enumerate(order) if prefix + n in late), None if self.head_from is None else len(order))
+        return Trace(order, head_from, cut(self.norm_of), cut(self.size))
+
+
+class _Links:
+    "Forward hooks: each norm linked to the layer whose output it is the first to take; each layer's output size on a map"
+    def __init__(self, batch: int):
+        self.outs, self.norm_of, self.size, self.batch = {}, {}, {}, batch
+
+    def hook(self, model: nn.Module, stack: ExitStack) -> None:
+        for name, m in model.named_modules():
+            if _is_layer(m):
+                stack.enter_context(_removing(m.register_forward_pre_hook(self._take)))
+                stack.enter_context(_removing(m.register_forward_hook(self._layer(name, m))))
+            elif is_norm(m): stack.enter_context(_removing(m.register_forward_pre_hook(self._norm(name))))
+
+    def _take(self, mod, args):
+        "A layer takes its input: a norm that takes the same tensor later does not normalise that layer's output alone"
+        t = _first_tensor(args)
+        if t is not None and id(t) in self.outs: self.outs[id(t)] = (None, t)
+
+    def _layer(self, name: str, m: nn.Module):
+        k = getattr(m, 'kernel_size', None)
+        first = isinstance(m, nn.modules.conv._ConvNd)  # channels first; a linear layer's are last
+        def hook(mod, args, out):
+            t, x = _first_tensor(out), _first_tensor(args)
+            if t is None: return
+            self.outs.setdefault(id(t), (name, t))  # the tensor is kept, so its id is not reused during the pass
+            if name in self.size or x is None or not _is_map(x, self.batch) or t.ndim < 3: return
+            if not first: self.size[name] = tuple(t.shape[1:-1])  # positions: tokens, or pixels of a channels-last map
+            elif len(k) == 2: self.size[name] = tuple(t.shape[2:])
+        return hook
+
+    def _norm(self, name: str):
+        def hook(mod, args):
+            t = _first_tensor(args)
+            if t is None or id(t) not in self.outs: return
+            layer, _ = self.outs[id(t)]
+            if layer is not None: self.norm_of.setdefault(name, layer)
+            self.outs[id(t)] = (None, t)
+        return hook
+
+
+class _removing:
+    "A hook handle as a context manager: removed on exit, whatever happens"
+    def __init__(self, handle): self.handle = handle
+    def __enter__(self): return self.handle
+    def __exit__(self, *exc): self.handle.remove()
+
+
+def input_sizes(model: nn.Module, input_size: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    "Input sizes to try: the one given, else the arch's own, then sizes fitted to its first conv (else linear) layer"
+    if input_size: return [tuple(input_size)]
+    sizes = [guess_input_size(model)]
+    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)  # images meet a conv
+    first = first or next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+    if isinstance(first, nn.modules.conv._ConvNd):
+        dims = len(first.kernel_size)
+        sizes += [(1, first.in_channels, *[side] * dims) for side in ((224, 32, 28) if dims == 2 else (32,))]
+    elif isinstance(first, nn.Linear): sizes.append((1, first.in_features))
+    return list(dict.fromkeys(sizes))
+
+
+def trace(model: nn.Module, input_size: Sequence[int] | None = None) -> Trace | None:
+    "A `Trace` of an eval forward pass of a meta copy of `model` (batch of 2), or None when no input size works"
+    m = model if all(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())) else copy_to(model, 'meta')
+    for fast in (True, False):  # the shortcuts are exact on the ops they take; if every size fails, retry without them
+        for size in input_sizes(model, input_size):
+            try: return _record(m, torch.zeros(2, *size[1:], device='meta'), fast)
+            except Exception: continue
+    return None
+
+
+def _record(model: nn.Module, x: torch.Tensor, fast: bool) -> Trace:
+    named = {id(p): n for n, p in model.named_parameters()}
+    rec, links = _Recorder(set(named), x.shape[0], fast), _Links(x.shape[0])
+    with ExitStack() as stack:
+        links.hook(model, stack)
+        with eval_mode(model), torch.no_grad(), rec, warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            model(x)
+    order = [named[i] for i in sorted(rec.seen, key=rec.seen.get)]
+    return Trace(order, rec.mark, _adjacent(links.norm_of, order), links.size)
+
+
+def _adjacent(norm_of: dict[str, str], order: list[str]) -> dict[str, str]:
+    "The links where the norm is the next layer with parameters to run after its layer (nothing in between)"
+    at = {}
+    for i, n in enumerate(order): at.setdefault(n.rpartition('.')[0], []).append(i)
+    return {nm: ly for nm, ly in norm_of.items() if nm in at and ly in at and min(at[nm]) == max(at[ly]) + 1}
 
 
 def guess_input_size(model: nn.Module) -> tuple[int, ...]:
