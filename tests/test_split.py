@@ -634,3 +634,36 @@ def test_final_norm_one_rule(name, norm, head):
     gs = split_stages(m)
     w = m.get_submodule(norm).weight
     assert _has(gs[-1], w) == head and _has(gs[-1 if head else -2], w)
+
+
+@pytest.mark.parametrize('name', ['torchvision:inception_v3', 'hrnet_w18_small', 'vit_small_r26_s32_224',
+                                  'torchvision:convnext_tiny', 'torchvision:swin_t', 'torchvision:googlenet'])
+def test_stages_follow_resolution(name):
+    "Rule 6: a small stem, and no body group spanning more than one change of resolution"
+    from fast_impl.split.check import body_resolutions
+    m = resolve(name)
+    p = plan(m)
+    gs = split_stages(p)
+    sizes = [sum(x.numel() for x in g) for g in gs]
+    assert sizes[0] < .05 * sum(sizes) and len(gs) >= 5
+    assert all(len(r) <= 2 for r in body_resolutions(p, group_names(m, gs)))
+    assert_partition(m, gs); assert_order(m, gs)
+
+
+def test_named_stems():
+    "Inception v3's stem is its five stem convolutions; HRNet's stem stops before `layer1`"
+    assert stage_blocks('torchvision:inception_v3')[0] == ['Conv2d_1a_3x3', 'Conv2d_2a_3x3', 'Conv2d_2b_3x3',
+                                                           'Conv2d_3b_1x1', 'Conv2d_4a_3x3']
+    assert stage_blocks('hrnet_w18_small')[:2] == [['conv1', 'bn1', 'conv2', 'bn2'], ['layer1']]
+    assert stage_blocks('torchvision:convnext_tiny')[2][:2] == ['features.2.0', 'features.2.1']  # downsample first
+
+
+@pytest.mark.parametrize('name', ['torchvision:resnet50', 'torchvision:vit_b_16', 'swinv2_cr_tiny_ns_224', 'efficientnet_b0',
+                                  'coat_lite_tiny', 'mobilenetv4_hybrid_medium'])
+def test_trace_shortcuts_are_exact(name):
+    "The trace's shape shortcuts give the same order, norm links, sizes and head start as the plain meta forward pass"
+    from fast_impl.split.trace import _record, guess_input_size, trace
+    m = _built(name)
+    fast, plain = trace(m), _record(m, torch.zeros(2, *guess_input_size(m)[1:], device='meta'), fast=False)
+    assert (fast.order, fast.norm_of, fast.size, fast.head_from) == (plain.order, plain.norm_of, plain.size, plain.head_from)
+    assert fast.order == first_use_order(m)

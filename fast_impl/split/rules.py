@@ -15,15 +15,17 @@ Splitting rules (checked on one eval forward pass of a meta copy: nothing alloca
 2. Head: every layer that runs after the backbone's last op on a feature map or token sequence (on its
    pooled or final features) is in the head group, however many heads there are and however they are named;
    `head=` names more modules for the head where no rule can see it.
-3. Norms: a norm layer whose input is a conv or linear layer's output is in that layer's group.
+3. Norms: a norm layer that takes a conv or linear layer's output, and is the next layer with parameters to
+   run after it, is in that layer's group (mobilenetv4's `conv_head` and `norm_head`).
 4. Embeddings: tokens and position embeddings held above the blocks and used before the first body block
    are in the stem group; one first used later (XCiT's, CaiT's class token) stays where it is first used.
 5. Final norm: one rule, from rules 2 and 3: a norm that runs on the last feature map (ViT's and Swin's
    `norm`) stays with the last block; a norm on pooled features (ConvNeXt's `head.norm`) is head.
-6. Stages follow resolution (module-tree models; timm's own matcher keeps its stages): a stem that holds
-   whole stages (over 10% of the parameters, several resolutions, or a run of blocks) keeps only its leading
-   layers, the rest cut where the resolution changes; a stage of plain layers that only downsamples
-   between two stages of blocks (ConvNeXt's, Swin's) joins the stage after it.
+6. Stages follow resolution: a stem that holds whole stages (over 10% of the parameters, several
+   resolutions, or blocks in a sequence) keeps only its leading layers, the rest cut where the resolution
+   changes (torchvision's Inception v3, HRNet's `layer1`), or, where it holds a whole CNN (hybrid ViTs'
+   `patch_embed.backbone`), that CNN's own stages; plain layers ending a stage that only downsample
+   (ConvNeXt's, Swin's) start the next stage of blocks. timm's own matcher otherwise keeps its stages.
 """
 
 

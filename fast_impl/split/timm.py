@@ -67,7 +67,50 @@ def timm_blocks(ix: Index, headless: bool) -> list[Block] | None:
     last = len(cg) - 1
     blocks = [Block(g, span(g), 'head' if stage_of[g[0]] == last and (rest or head & set(g)) else
                     'stem' if stage_of[g[0]] == 0 else 'body', stage_of[g[0]]) for g, rest in fg]
-    return _pre_head(blocks, ix, head)
+    return _stem_backbone(_pre_head(blocks, ix, head), ix)
+
+
+def _stem_backbone(blocks: list[Block], ix: Index) -> list[Block]:
+    "Rule 6 for hybrids: a stem over 10% of the parameters that holds a whole CNN (`patch_embed.backbone`) is cut into its stages"
+    stem, w = [b for b in blocks if b.stage == 0], ix.weights
+    names = [n for b in stem for n in b.params]
+    if sum(w[n] for n in names) * 10 <= sum(w.values()): return blocks
+    mods = dict(ix.modules)
+    cands = [m for m in dict.fromkeys(owner(n) for n in names) if m]
+    subs = {a for m in cands for a in _ancestors(m)}
+    sub = max(subs, key=lambda a: (sum(w[n] for n in names if n.startswith(a + '.')), -a.count('.')), default=None)
+    if sub is None or sum(w[n] for n in names if n.startswith(sub + '.')) * 2 < sum(w[n] for n in names): return blocks
+    sub = _model_like(sub, mods)
+    if sub is None: return blocks
+    from .generic import generic_blocks
+    inner = Index(mods[sub], trace=ix.trace and ix.trace.within(sub + '.'))
+    parts = timm_blocks(inner, True) if callable(getattr(mods[sub], 'group_matcher', None)) else None
+    parts = [b for b in (parts or generic_blocks(inner, True)) if b.role != 'head']
+    if len({b.stage for b in parts}) < 2: return blocks
+    order = sorted({b.stage for b in parts})
+    new = [Block([f'{sub}.{n}' for n in b.params], [f'{sub}.{m}' if m else sub for m in b.modules],
+                 'stem' if b.stage == order[0] else 'body', order.index(b.stage)) for b in parts]
+    inside = {n for b in new for n in b.params}
+    rest = [n for n in names if n not in inside]
+    if rest: new.append(Block(rest, span(rest), 'body', len(order) - 1))
+    later = [b for b in blocks if b.stage != 0]
+    for b in later: b.stage += len(order) - 1
+    return new + later
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split('.')
+    return ['.'.join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _model_like(name: str, mods: dict) -> str | None:
+    "`name` or the first module below it with two or more children holding parameters: a network of its own"
+    while name in mods:
+        kids = [n for n, c in mods[name].named_children() if any(True for _ in c.parameters())]
+        if len(kids) >= 2: return name
+        if len(kids) != 1: return None
+        name = f'{name}.{kids[0]}'
+    return None
 
 
 def _pre_head(blocks: list[Block], ix: Index, head: set[str]) -> list[Block]:
