@@ -6,7 +6,7 @@ from __future__ import annotations
 __version__ = '0.1.0'
 
 _API = {
-    'resolve': ['arch_name', 'UnknownArchError', 'known_names', 'load_weights'],
+    'resolve': ['arch_name', 'UnknownArchError', 'WeightsUnavailableError', 'known_names', 'load_weights'],
     'tree': ['get_module', 'walk', 'unwrap', 'path_name', 'index_path'],
     'summary': ['arch_summary', 'count_parameters', 'param_table', 'ArchSummary', 'ParamTable'],
     'stats': ['layer_summary', 'compare_archs', 'LayerSummary', 'Comparison'],
