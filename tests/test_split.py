@@ -571,6 +571,8 @@ def test_head_argument_for_what_no_rule_sees():
         assert _same(gs[-1], want), [len(g) for g in gs]
         assert_partition(m, gs)
     assert len(split_at(m, 'layer2', head='layer4')) == 3
+    c = resolve('convnext_atto')  # the downsample norm leading stages.3 stays with it, though rule 5 would move it
+    assert _same(split_stages(c, head='stages.3')[-1], [*c.stages[3].parameters(), *c.head.parameters()])
     with pytest.raises(KeyError, match='valid children of ResNet: .*layer4'): split_stages(m, head='layer9')
     assert repr(stage_splitter(head='layer4')) == "stage_splitter(head='layer4')"
     s = n_splitter(3, head=['layer4'])

@@ -39,12 +39,12 @@ def head_modules(model, head) -> list[str]:
 
 def apply_rules(blocks: list[Block], ix: Index, head: list[str] = ()) -> list[Block]:
     "`blocks` after the rules: the head (given and found), forward order, embeddings in the stem, norms with layers"
-    forced = [n for n in ix.weights if any(under(n, h) for h in head)]
+    forced = [n for n in ix.weights if any(under(n, h) for h in head)]  # the user's word is last
     if ix.trace is None: return _to_head(blocks, forced, ix)
-    blocks = _to_head(blocks, forced + _after_backbone(blocks, ix), ix)
+    blocks = _to_head(blocks, _after_backbone(blocks, ix), ix)
     blocks = _forward_order(_final_norm(blocks, ix), ix.rank)
     blocks = _embeddings_in_stem(blocks, ix)
-    return norms_with_layers(blocks, ix)
+    return _to_head(norms_with_layers(blocks, ix), forced, ix)
 
 
 def _move(names: list[str], to: Block, blocks: list[Block], ix: Index) -> list[Block]:
