@@ -371,26 +371,35 @@ def _starts(m, groups) -> str:
     return ' '.join(n[0].rpartition('.')[0] or n[0] for n in group_names(m, groups))
 
 
+@functools.lru_cache(maxsize=None)
+def _splits(name: str):
+    "The plan of a sample model (one forward pass) and its two splits, shared by the golden pin and the sample test"
+    m = _built(name)
+    p = plan(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return p, split_stages(p), split_n(p, 4)
+
+
 def test_registry_golden(golden):
     "One line per sample model: strategy, where each split_stages group starts, where the split_n(m, 4) groups start"
     lines = []
     for name in _sample():
-        m = _built(name)
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            gs, g4 = split_stages(m), split_n(m, 4)
-        lines.append(f'{name} [{plan(m).strategy}]\n  stages: {_starts(m, gs)}\n  n4: {_starts(m, g4)}')
+        p, gs, g4 = _splits(name)
+        lines.append(f'{name} [{p.strategy}]\n  stages: {_starts(p.model, gs)}\n  n4: {_starts(p.model, g4)}')
     golden('registry_splits', '\n'.join(lines))
 
 
 @pytest.mark.parametrize('name', _sample())
 def test_registry_sample(name):
-    m = _built(name)
-    gs, g4 = split_stages(m), split_n(m, 4)
+    "Partition, head last, forward order (checked by an independent plain meta pass) and norms with their layers"
+    from fast_impl.split.check import norm_splits
+    p, gs, g4 = _splits(name)
+    m = p.model
     assert_partition(m, gs); assert_partition(m, g4)
     assert len(gs) >= 2 and 2 <= len(g4) <= 4
-    p = plan(m)
     assert _same(g4[-1], gs[-1]) or not p.head  # the head is the last group of both
+    assert norm_splits(p, group_names(m, gs)) == [] and norm_splits(p, group_names(m, g4)) == []
     try: order = first_use_order(m)
     except Exception as e: pytest.skip(f'forward pass on meta fails: {type(e).__name__}')
     assert order_violations(m, gs, order) == [] and order_violations(m, g4, order) == []
