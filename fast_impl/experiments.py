@@ -195,7 +195,7 @@ def demo(out='demo_out', seeds: int = 5, quick: bool = False) -> dict:
         raise ValueError(f"seeds must be an int >= 1 (repeats of each method); got {seeds!r}")
     out = _check_out(out); out.mkdir(parents=True, exist_ok=True)
     epochs, pre_epochs, seeds = (2, 1, 1) if quick else (10, 8, seeds)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)  # tiny models gain little from more; on a busy machine 2 threads ran 10x slower
     print('fast_impl demo: transfer learning on scikit-learn digits (embedded, no download)\n')
     print('1. The model: fastai xresnet18 at half width (built on the meta device, no weights)\n')
     print(arch_summary(T.xresnet18_half, verbose=False))

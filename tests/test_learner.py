@@ -20,7 +20,7 @@ from fast_impl.learner import (DiscriminativeLearner, arch_stats, build_model, c
 from fast_impl.resolve import resolve
 from fast_impl.split import GroupError
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # tiny models; on a busy machine 2 threads spin (10x slower)
 
 
 class _Get:

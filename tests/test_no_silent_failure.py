@@ -16,7 +16,7 @@ from fast_impl.cli import main
 from fast_impl.resolve import UnknownArchError, WeightsUnavailableError, native_input_size, resolve
 
 ROOT = pathlib.Path(__file__).parents[1]
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # tiny models; on a busy machine 2 threads spin (10x slower)
 
 
 def _learner(**kw):
