@@ -17,7 +17,7 @@ from fast_impl.split import (GroupError, Splitter, at_splitter, check_groups, fi
 
 def _ids(groups): return [id(p) for g in groups for p in g]
 def _has(group, p) -> bool: return any(q is p for q in group)
-def _same(a, b) -> bool: return [id(p) for p in a] == [id(p) for p in b]
+def _same(a, b) -> bool: return sorted(id(p) for p in a) == sorted(id(p) for p in b)  # the same tensors, any order
 
 
 def assert_partition(model, groups):
@@ -678,3 +678,12 @@ def test_trace_shortcuts_are_exact(name):
     fast, plain = trace(m), _record(m, torch.zeros(2, *guess_input_size(m)[1:], device='meta'), fast=False)
     assert (fast.order, fast.norm_of, fast.size, fast.head_from) == (plain.order, plain.norm_of, plain.size, plain.head_from)
     assert fast.order == first_use_order(m)
+
+
+def test_group_params_in_forward_order():
+    "Inside each group the parameters are listed in the order the forward pass first uses them"
+    for m, size in ((Reordered(), None), (RootTokens(), (1, 3, 32, 32)), (resolve('torchvision:vit_b_16'), None)):
+        order = {n: i for i, n in enumerate(first_use_order(m, size))}
+        for ns in group_names(m, split_stages(m)):
+            used = [order[n] for n in ns if n in order]
+            assert used == sorted(used)

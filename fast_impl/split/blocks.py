@@ -50,7 +50,9 @@ class Index:
         return [n for _, _, n in sorted(keyed)]
 
     @cached_property
-    def position(self) -> dict[str, int]: return {n: i for i, n in enumerate(self.weights)}
+    def position(self) -> dict[str, int]:
+        "Position of each parameter in `sequence` (forward order)"
+        return {n: i for i, n in enumerate(self.sequence)}
 
     @cached_property
     def trace(self):

@@ -12,7 +12,7 @@ from ..tree import find_module
 from .blocks import CONTAINERS, LATE, Block, Index, Plan, as_model, owner, under, view
 from .check import GroupError, check_groups, name_violations
 from .plan import plan
-from .rules import norms_with_layers
+from .rules import in_forward_order, norms_with_layers
 
 
 def _by_stage(p: Plan, attr: str) -> list[list[str]]:
@@ -55,9 +55,9 @@ def _warn_one(p: Plan) -> None:
 
 
 def _to_params(p: Plan, groups: list[list[str]]) -> list[list[nn.Parameter]]:
-    "The parameters of each group of names, checked to partition the model; warns when forward order is not kept"
-    ps = dict(p.index.params)
-    out = [[ps[n] for n in g] for g in groups]
+    "The parameters of each group of names, in forward order, checked to partition the model; warns where order breaks"
+    ps, pos = dict(p.index.params), p.index.position
+    out = [[ps[n] for n in sorted(g, key=pos.get)] for g in groups]
     check_groups(p.model, out)
     _warn_order(p, groups)
     return out
@@ -124,7 +124,8 @@ def _n_groups(p: Plan, n: int) -> list[list[str]]:
     if n == 1 or not body: return [[q for b in p.blocks for q in b.params]]
     k = n - 1 if head else n
     w = p.index.weights
-    body = norms_with_layers(_refine(body, w, sum(w[q] for b in body for q in b.params) / k, p.model), p.index)
+    body = _refine(body, w, sum(w[q] for b in body for q in b.params) / k, p.model)
+    body = in_forward_order(norms_with_layers(body, p.index), p.index)
     lens, groups, i = balance([sum(w[q] for q in b.params) for b in body], min(k, len(body))), [], 0
     for m in lens:
         groups.append([q for b in body[i:i + m] for q in b.params])

@@ -1,7 +1,9 @@
 "The splitting rules, each named once and applied to every strategy's blocks from one forward pass on meta."
 from __future__ import annotations
 
-__all__ = ['RULES', 'apply_rules', 'head_modules']
+__all__ = ['RULES', 'apply_rules', 'head_modules', 'norms_with_layers', 'in_forward_order']
+
+import bisect
 
 from .blocks import Block, Index, owner, span, under
 from ..tree import find_module
@@ -44,11 +46,11 @@ def apply_rules(blocks: list[Block], ix: Index, head: list[str] = ()) -> list[Bl
     blocks = _to_head(blocks, _after_backbone(blocks, ix), ix)
     blocks = _forward_order(_final_norm(blocks, ix), ix.rank)
     blocks = _embeddings_in_stem(blocks, ix)
-    return _to_head(norms_with_layers(blocks, ix), forced, ix)
+    return _to_head(in_forward_order(norms_with_layers(blocks, ix), ix), forced, ix)
 
 
 def _move(names: list[str], to: Block, blocks: list[Block], ix: Index) -> list[Block]:
-    "`blocks` with `names` moved into block `to` (kept in the model's order); blocks left empty are dropped"
+    "`blocks` with `names` moved into block `to` (kept in forward order); blocks left empty are dropped"
     names = [n for n in names if n not in set(to.params)]
     if not names: return blocks
     gone = set(names)
@@ -113,6 +115,21 @@ def _forward_order(blocks: list[Block], rank: dict[str, int]) -> list[Block]:
             out.append(b)
     for b in head: b.stage = len(runs)
     return out + head
+
+
+def in_forward_order(blocks: list[Block], ix: Index) -> list[Block]:
+    "Rule 1, last: each used parameter joins the last block that starts (first use) at or before its own first use"
+    rank = ix.rank
+    starts = [min((rank[p] for p in b.params if p in rank), default=None) for b in blocks]
+    anchors = [(r, i) for i, r in enumerate(starts) if r is not None]
+    if [r for r, _ in anchors] != sorted(r for r, _ in anchors): return blocks  # blocks out of order: nothing to anchor on
+    keys, moves = [r for r, _ in anchors], {}
+    for b in blocks:
+        for p in b.params:
+            to = blocks[anchors[bisect.bisect_right(keys, rank[p]) - 1][1]] if p in rank else b
+            if to is not b: moves.setdefault(id(to), (to, []))[1].append(p)
+    for to, names in moves.values(): blocks = _move(names, to, blocks, ix)  # an anchor keeps its first parameter
+    return blocks
 
 
 def _embeddings_in_stem(blocks: list[Block], ix: Index) -> list[Block]:
