@@ -21,6 +21,7 @@ from .lr import check_lrs, layer_decay  # noqa: F401  (layer_decay: re-exported 
 from .render import Report, fmt_int, html_table, pretty_table
 from .resolve import arch_name, check_pretrained, read_weights, resolve
 from .split import check_groups, splitter
+from .split.rules import head_modules
 from .tree import unwrap
 
 # ---------------------------------------------------------------- norm and weight-decay policy
@@ -224,13 +225,17 @@ _GROUPS_HELP = ("groups takes 'stages', a number of groups, cut paths such as ['
                 "or a splitter function")
 
 
-def _splitter(groups, model: nn.Module):
-    "A splitter for `groups` ('stages', a number of groups, cut paths, or a function), checked on `model` now"
+def _splitter(groups, model: nn.Module, head=None):
+    "A splitter for `groups` ('stages', a number of groups, cut paths, or a function) and `head`, checked on `model` now"
+    if callable(groups) and head is not None:
+        raise ValueError("head= applies to groups='stages', a number or cut paths; a splitter function makes its own head")
+    head_modules(unwrap(model), head)  # a bad head= is its own error, listing the valid children
     try:
-        split = groups if callable(groups) else splitter(groups)
+        split = groups if callable(groups) else splitter(groups, head)
         check_groups(unwrap(model), _as_groups(split(model)))
     except (ValueError, KeyError, IndexError, TypeError) as e:
         close = difflib.get_close_matches(groups, _STRATEGIES, n=1) if isinstance(groups, str) else []
+        close = [c for c in close if c != groups]
         why = f"did you mean {close[0]!r}?" if close else (str(e.args[0]) if e.args else type(e).__name__)
         err = type(e) if isinstance(e, (ValueError, TypeError, IndexError)) else ValueError  # KeyError quotes
         shown = (getattr(groups, '__name__', None) if callable(groups) else None) or repr(groups)
@@ -275,7 +280,8 @@ def _n_out(n_out, dls) -> int:
 
 @delegates(Learner.__init__, keep=True, but=['dls', 'model', 'splitter'])
 def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | os.PathLike = False,
-                           n_out: int | None = None, normalize: bool = True, **kwargs) -> DiscriminativeLearner:
+                           n_out: int | None = None, normalize: bool = True, head=None,
+                           **kwargs) -> DiscriminativeLearner:
     """A fastai `Learner` for any timm, torchvision, fastai or fast_impl classifier, split into layer groups.
 
     Args:
@@ -284,6 +290,8 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
             It keeps its own architecture; only its classifier is replaced for `n_out` classes.
         groups: `'stages'`, a number of groups, cut paths (`['layer2', 'fc']`), or a splitter function;
             checked here, on the model, so a bad value fails now rather than at the first fit.
+        head: module names or index paths that belong to the head group (trained while frozen), beside the
+            layers the splitting rules find there (everything after the backbone).
         pretrained: `True` for the registry's weights, or a local weights file; then the model is frozen
             (all but the head group) and, with `normalize`, the arch's mean/std are added to `dls`.
         kwargs: `Learner` arguments (`metrics`, `opt_func`, `wd`, `cbs`, ...); the rest go to the arch builder
@@ -292,7 +300,7 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
     check_pretrained(pretrained)
     lkw, mkw = _split_kwargs(kwargs)
     model = _build(arch, _n_out(n_out, dls), pretrained, mkw)
-    split = _splitter(groups, model)
+    split = _splitter(groups, model, head)
     if pretrained and normalize: _add_norm(dls, arch_stats(model))
     learn = DiscriminativeLearner(dls, model, splitter=split, **lkw)
     if pretrained: learn.freeze()

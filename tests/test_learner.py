@@ -277,3 +277,30 @@ def test_vision_learner_with_stage_splitter():
     probe = LRProbe()
     learn.fit_one_cycle(1, lr_max=slice(1e-5, 1e-3), cbs=probe)
     np.testing.assert_allclose(probe.peak, np.geomspace(1e-5, 1e-3, n), rtol=1e-9)
+
+
+class _MlpHead(nn.Module):
+    "A torchvision backbone without its classifier and a new MLP head (Linear, BatchNorm1d, ReLU, Dropout, Linear)"
+    def __init__(self):
+        super().__init__()
+        import torchvision
+        self.backbone = torchvision.models.resnet18()
+        self.backbone.fc = nn.Identity()
+        self.head = nn.Sequential(nn.Linear(512, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 2))
+
+    def forward(self, x): return self.head(self.backbone(x))
+
+
+def test_new_head_trains_while_frozen():
+    "Every layer of a new MLP head is in the head group, so freeze() leaves it trainable; head= adds modules to it"
+    learn = discriminative_learner(synth_dls(), _MlpHead())
+    learn.freeze()
+    m = learn.model
+    assert all(p.requires_grad for p in m.head.parameters()) and not m.backbone.layer4[0].conv1.weight.requires_grad
+    learn = discriminative_learner(synth_dls(), _MlpHead(), head='backbone.layer4')
+    learn.freeze()
+    assert learn.model.backbone.layer4[0].conv1.weight.requires_grad and learn.n_groups == 5  # layer4 joined the head
+    assert learn.splitter.head == 'backbone.layer4'
+    with pytest.raises(ValueError, match='head= applies to'):
+        discriminative_learner(synth_dls(), _MlpHead(), groups=lambda m: [list(m.parameters())], head='head')
+    with pytest.raises(KeyError, match="no child named 'nope'"): discriminative_learner(synth_dls(), _MlpHead(), head='nope')
