@@ -1,4 +1,5 @@
-"Sweep `split_stages` and `split_n(m, 4)` over every registry model built on meta: partition, forward order, groups, balance, time."
+("Sweep `split_stages` and `split_n(m, 4)` over every registry model built on meta: "
+ "partition, forward order, groups, balance, time.")
 from __future__ import annotations
 
 __all__ = ['Row', 'arch_names', 'sweep_one', 'sweep', 'summary', 'render', 'main']
@@ -9,10 +10,10 @@ from dataclasses import asdict, dataclass, field
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 RESULTS = pathlib.Path(__file__).parent / 'results' / 'split_registry.md'
-SEEDS = ['Plain18Layer', 'Plain28Layer', 'SimpleCNN', 'AlexNet', 'ResNet18', 'VGG', 'Inception', 'NewInception',
-         'AsymInception', 'InceptionModule', 'ResBlk']
-SEED_ARGS = {'Inception': (3, 32), 'NewInception': (3, 32), 'AsymInception': (3, 32), 'InceptionModule': (3, 32),
-             'ResBlk': (16, 32)}
+SEEDS = ['Plain18Layer', 'Plain28Layer', 'SimpleCNN', 'AlexNet', 'ResNet18', 'VGG', 'Inception',
+         'NewInception', 'AsymInception', 'InceptionModule', 'ResBlk']
+SEED_ARGS = {'Inception': (3, 32), 'NewInception': (3, 32), 'AsymInception': (3, 32),
+             'InceptionModule': (3, 32), 'ResBlk': (16, 32)}
 SEED_INPUT = {'ResNet18': (1, 3, 32, 32), 'ResBlk': (1, 16, 32, 32)}
 
 
@@ -79,7 +80,8 @@ def _order(row: Row, m, gs, g4, name: str):
         if not all(p.is_meta for p in m.parameters()): m = m.to('meta')
         order = first_use_order(m, SEED_INPUT.get(name.partition(':')[2]))
     except Exception as e:
-        row.order, row.order_note = 'skip', f'forward on meta failed: {type(e).__name__}: {str(e).splitlines()[0][:100]}'
+        row.order, row.order_note = 'skip', (f'forward on meta failed: {type(e).__name__}: '
+                                             f'{str(e).splitlines()[0][:100]}')
         return
     finally: row.order_s = time.perf_counter() - t
     bad = order_violations(m, gs, order) + order_violations(m, g4, order)
@@ -106,7 +108,8 @@ def _checks(row: Row, p, gs, g4):
     row.norm_split = bad[0][:160] if bad else ''
     res = body_resolutions(p, names[0])
     row.res_defined = any(res)
-    over = [f'group {i + 1}: ' + ' -> '.join('x'.join(map(str, r)) for r in rs) for i, rs in enumerate(res) if len(rs) > 2]
+    over = [f'group {i + 1}: ' + ' -> '.join('x'.join(map(str, r)) for r in rs)
+            for i, rs in enumerate(res) if len(rs) > 2]
     # a group's list: the resolution it takes, then each new output resolution of its blocks (3+: two changes)
     row.res_over = over[0][:160] if over else ''
     row.stem_pct = _pcts(gs)[0]
@@ -121,7 +124,8 @@ def sweep_one(name: str, order: bool = True) -> Row:
         t = time.perf_counter(); m = _build(name); row.build_s = time.perf_counter() - t
         row.built = True
         row.meta = all(p.is_meta for p in m.parameters())
-        t = time.perf_counter(); p = plan(m); gs = split_stages(p); g4 = split_n(p, 4); row.split_s = time.perf_counter() - t
+        t = time.perf_counter(); p = plan(m); gs = split_stages(p); g4 = split_n(p, 4)
+        row.split_s = time.perf_counter() - t
         row.trace_s, row.traced, row.strategy = sum(times), p.index.trace is not None, p.strategy
         check_groups(m, gs); check_groups(m, g4)
         row.partition = True
@@ -139,7 +143,7 @@ def _init():
 
 
 def sweep(names: list[str], procs: int = 2, order: bool = True) -> tuple[list[Row], float]:
-    "Run `sweep_one` over `names` in a pool of `procs` processes, with a progress bar; returns rows and wall time"
+    "Run `sweep_one` over `names` in a `procs`-process pool, with a progress bar; returns rows and wall time"
     from fastprogress.fastprogress import progress_bar
     t, rows = time.perf_counter(), []
     ctx = mp.get_context('fork')
@@ -165,7 +169,8 @@ def summary(rows: list[Row], wall: float, procs: int) -> list[tuple[str, str, st
     build, split, fwd = (sum(getattr(r, k) for r in rows) for k in ('build_s', 'split_s', 'trace_s'))
     res = [r for r in ok if r.res_defined]
     norm_bad, res_bad, stem_big = (sum(bool(c(r)) for r in pool) for c, pool in
-                                   [(lambda r: r.norm_split, ok), (lambda r: r.res_over, res), (lambda r: r.stem_pct > 10, ok)])
+                                   [(lambda r: r.norm_split, ok), (lambda r: r.res_over, res),
+                                    (lambda r: r.stem_pct > 10, ok)])
     shares = sorted(r.stages_max_pct for r in ok)
     pct = lambda a, b: f'{a}/{b} = {100 * a / max(b, 1):.1f}%'
     return [('partition (every parameter exactly once, both splits)', pct(part, n), '100%', part == n),
@@ -173,19 +178,24 @@ def summary(rows: list[Row], wall: float, procs: int) -> list[tuple[str, str, st
              order_ok >= .98 * len(checked)),
             ('split_stages gives 3+ groups', pct(three, n), '>= 95%', three >= .95 * n),
             ('split_n(m, 4): 4 groups, none over 50%', pct(four, n), '>= 90%', four >= .9 * n),
-            ("the split's own forward pass ran (else registration order, warned)", pct(sum(r.traced for r in ok), len(ok)),
-             '-', True),
+            ("the split's own forward pass ran (else registration order, warned)",
+             pct(sum(r.traced for r in ok), len(ok)), '-', True),
             ('norm apart from its layer (either split)', pct(norm_bad, len(ok)), '0 models', norm_bad == 0),
-            ('body group spanning more than one resolution change (models with convolutions)', pct(res_bad, len(res)),
-             '< 2%', res_bad < .02 * len(res)),
-            ('stem group over 10% of the parameters', pct(stem_big, len(ok)), '< 1%', stem_big < .01 * len(ok)),
+            ('body group spanning more than one resolution change (models with convolutions)',
+             pct(res_bad, len(res)), '< 2%', res_bad < .02 * len(res)),
+            ('stem group over 10% of the parameters', pct(stem_big, len(ok)), '< 1%',
+             stem_big < .01 * len(ok)),
             ("largest split_stages group's share: median / 90th percentile / max",
-             ' / '.join(f'{shares[int(q * (len(shares) - 1))]:.0f}%' for q in (.5, .9, 1)) if shares else '-', '-', True),
+             (' / '.join(f'{shares[int(q * (len(shares) - 1))]:.0f}%' for q in (.5, .9, 1))
+              if shares else '-'), '-', True),
             (f'whole sweep, {procs} processes', f'{wall / 60:.1f} min', '<= 10 min', wall <= 600),
             ('splitting time / build time (with the forward pass)',
-             f'{split:.1f} s / {build:.1f} s = {100 * split / max(build, 1e-9):.1f}%', '<= 10%', split <= .1 * build),
-            ('  of which the forward pass on meta', f'{fwd:.1f} s = {100 * fwd / max(build, 1e-9):.1f}% of build', '-', True),
-            ('  splitting without it', f'{split - fwd:.1f} s = {100 * (split - fwd) / max(build, 1e-9):.1f}% of build',
+             f'{split:.1f} s / {build:.1f} s = {100 * split / max(build, 1e-9):.1f}%',
+             '<= 10%', split <= .1 * build),
+            ('  of which the forward pass on meta',
+             f'{fwd:.1f} s = {100 * fwd / max(build, 1e-9):.1f}% of build', '-', True),
+            ('  splitting without it',
+             f'{split - fwd:.1f} s = {100 * (split - fwd) / max(build, 1e-9):.1f}% of build',
              '<= 10%', split - fwd <= .1 * build)]
 
 
@@ -200,32 +210,41 @@ def render(rows: list[Row], wall: float, procs: int) -> str:
     import collections
     ok = [r for r in rows if not r.error]
     lines = ['# Split registry sweep', '',
-             f'`python bench/split_registry.py` on {os.cpu_count()} CPU cores, {procs} worker processes, every model '
-             f'built on the meta device (CPU where it cannot be; those are moved to meta for the order check). '
-             f'{len(rows)} models ({sum(r.built for r in rows)} build): ' + ', '.join(f'{k} {v}' for k, v in collections.Counter(r.source for r in rows).items()) + '.',
+             f'`python bench/split_registry.py` on {os.cpu_count()} CPU cores, {procs} worker processes, '
+             f'every model built on the meta device (CPU where it cannot be; those are moved to meta for the '
+             f'order check). {len(rows)} models ({sum(r.built for r in rows)} build): '
+             + ', '.join(f'{k} {v}' for k, v in collections.Counter(r.source for r in rows).items()) + '.',
              '', '| figure | result | target | met |', '| --- | ---: | ---: | :---: |']
-    lines += [f'| {a} | {b} | {c} | {"yes" if d else "**no**"} |' for a, b, c, d in summary(rows, wall, procs)]
+    lines += [f'| {a} | {b} | {c} | {"yes" if d else "**no**"} |'
+              for a, b, c, d in summary(rows, wall, procs)]
     strat = collections.Counter(r.strategy for r in ok)
-    lines += ['', 'Strategy used by `split_stages`: ' + ', '.join(f'{k} {v}' for k, v in strat.most_common()) + '.',
+    lines += ['', 'Strategy used by `split_stages`: '
+              + ', '.join(f'{k} {v}' for k, v in strat.most_common()) + '.',
               f'Order checked on {sum(r.order in ("ok", "fail") for r in ok)} models; skipped on '
               f'{sum(r.order == "skip" for r in ok)} (forward pass cannot run on meta). '
               f'Built on the CPU (meta impossible): {sum(not r.meta for r in ok)}.', '']
-    lines += ['## Models that do not build (left out of every figure)', '', _names(rows, lambda r: not r.built, lambda r: r.error)]
+    lines += ['## Models that do not build (left out of every figure)', '',
+              _names(rows, lambda r: not r.built, lambda r: r.error)]
     lines += ['## Split errors', '', _names(rows, lambda r: r.built and r.error, lambda r: r.error)]
     lines += ['## Partition failures', '', _names(ok, lambda r: not r.partition)]
-    lines += ['## Forward-order failures (first violation)', '', _names(ok, lambda r: r.order == 'fail', lambda r: r.order_note)]
-    lines += ['## split_stages with fewer than 3 groups', '', _names(ok, lambda r: r.n_stages < 3, lambda r: f'{r.n_stages} groups')]
+    lines += ['## Forward-order failures (first violation)', '',
+              _names(ok, lambda r: r.order == 'fail', lambda r: r.order_note)]
+    lines += ['## split_stages with fewer than 3 groups', '',
+              _names(ok, lambda r: r.n_stages < 3, lambda r: f'{r.n_stages} groups')]
     lines += ['## split_n(m, 4) not 4 groups, or a group over 50%', '',
-              _names(ok, lambda r: r.n4 != 4 or r.n4_max_pct > 50, lambda r: f'{r.n4} groups, largest {r.n4_max_pct:.0f}%')]
+              _names(ok, lambda r: r.n4 != 4 or r.n4_max_pct > 50,
+                     lambda r: f'{r.n4} groups, largest {r.n4_max_pct:.0f}%')]
     lines += ['## Order check skipped', '', _names(ok, lambda r: r.order == 'skip', lambda r: r.order_note)]
-    lines += ["## No forward pass in the split (registration order, warned)", '', _names(ok, lambda r: not r.traced)]
+    lines += ["## No forward pass in the split (registration order, warned)", '',
+              _names(ok, lambda r: not r.traced)]
     lines += ['## Norm apart from its layer', '', _names(ok, lambda r: r.norm_split, lambda r: r.norm_split)]
     lines += ['## Body group spanning more than one resolution change', '',
               _names(ok, lambda r: r.res_over, lambda r: r.res_over)]
     lines += ['## Stem group over 10% of the parameters', '',
               _names(ok, lambda r: r.stem_pct > 10, lambda r: f'{r.stem_pct:.0f}%')]
     lines += ["## Largest split_stages group over 60%", '',
-              _names(ok, lambda r: r.stages_max_pct > 60, lambda r: f'{r.n_stages} groups, largest {r.stages_max_pct:.0f}%')]
+              _names(ok, lambda r: r.stages_max_pct > 60,
+                     lambda r: f'{r.n_stages} groups, largest {r.stages_max_pct:.0f}%')]
     return '\n'.join(lines)
 
 

@@ -1,4 +1,5 @@
-"Layer-group splitters: partition, forward order and head-last guarantees, on tiny models, random trees and a registry sample."
+"Layer-group splitters: partition, forward order and head-last guarantees."
+# Checked on tiny models, random trees and a registry sample.
 from __future__ import annotations
 
 import functools, pickle, warnings
@@ -11,13 +12,14 @@ from torch import nn
 from fast_impl import models
 from fast_impl.resolve import resolve
 from fast_impl.split import (GroupError, Splitter, at_splitter, check_groups, first_use_order, group_names,
-                             group_table, n_splitter, order_violations, plan, split_at, split_n, split_stages, splitter,
-                             stage_blocks, stage_splitter)
+                             group_table, n_splitter, order_violations, plan, split_at, split_n, split_stages,
+                             splitter, stage_blocks, stage_splitter)
 
 
 def _ids(groups): return [id(p) for g in groups for p in g]
 def _has(group, p) -> bool: return any(q is p for q in group)
-def _same(a, b) -> bool: return sorted(id(p) for p in a) == sorted(id(p) for p in b)  # the same tensors, any order
+# the same tensors, any order
+def _same(a, b) -> bool: return sorted(id(p) for p in a) == sorted(id(p) for p in b)
 
 
 def assert_partition(model, groups):
@@ -52,13 +54,15 @@ class Tied(nn.Module):
     def forward(self, x): return self.dec(self.out(self.frozen(self.body(self.emb(x) + self.token))))
 
 
-@pytest.mark.parametrize('split', [split_stages, lambda m: split_n(m, 3), lambda m: split_at(m, ['body.2', 'out'])])
+@pytest.mark.parametrize('split', [split_stages, lambda m: split_n(m, 3),
+                                   lambda m: split_at(m, ['body.2', 'out'])])
 def test_partition_tied_root_frozen(split):
     m = Tied()
     gs = split(m)
     assert_partition(m, gs)
     assert_order(m, gs, (2, 4))
-    assert _has(gs[0], m.token) and _has(gs[-1], m.dec.bias) and _has([p for g in gs for p in g], m.frozen.weight)
+    assert _has(gs[0], m.token) and _has(gs[-1], m.dec.bias)
+    assert _has([p for g in gs for p in g], m.frozen.weight)
 
 
 def test_resnet18_stages(golden):
@@ -72,7 +76,8 @@ def test_resnet18_stages(golden):
 def test_vit_tokens_in_stem(golden):
     m = resolve('torchvision:vit_b_16')
     gs = split_stages(m)
-    assert len(gs) == 14 and _has(gs[0], m.class_token) and _has(gs[0], m.encoder.pos_embedding)  # used before block 0
+    assert len(gs) == 14
+    assert _has(gs[0], m.class_token) and _has(gs[0], m.encoder.pos_embedding)  # used before block 0
     assert_partition(m, gs); assert_order(m, gs); assert_head_last(m, gs, m.heads)
     golden('groups_vit_b_16', str(group_table(m, gs)))
 
@@ -82,7 +87,8 @@ def test_timm_matcher_and_names(golden):
     p = plan(m)
     assert p.strategy == 'timm'
     gs = split_stages(m)
-    assert len(gs) == 6 and group_names(m, gs)[-1] == ['head.norm.weight', 'head.norm.bias', 'head.fc.weight', 'head.fc.bias']
+    assert len(gs) == 6
+    assert group_names(m, gs)[-1] == ['head.norm.weight', 'head.norm.bias', 'head.fc.weight', 'head.fc.bias']
     golden('groups_convnext_tiny', str(group_table(m, gs)))
 
 
@@ -91,13 +97,16 @@ def test_vgg_matcher_rejected():
     m = resolve('vgg16')
     assert plan(m).strategy == 'generic'
     gs = split_stages(m)
-    # pre_logits.fc1 (a 7x7 conv) runs on the last feature map: body; fc2 runs on its 1x1 output: head (rule 2)
+    # pre_logits.fc1 (a 7x7 conv) runs on the last feature map: body;
+    # fc2 runs on its 1x1 output: head (rule 2)
     assert len(gs) == 7 and _same(gs[-1], [*m.pre_logits.fc2.parameters(), *m.head.parameters()])
     assert _has(gs[-2], m.pre_logits.fc1.weight)
 
 
 def test_seeds():
-    with torch.device('meta'): ms = [models.Plain18Layer(), models.Plain28Layer(), models.AlexNet(), models.ResNet18(), models.VGG(11)]
+    with torch.device('meta'):
+        ms = [models.Plain18Layer(), models.Plain28Layer(), models.AlexNet(), models.ResNet18(),
+              models.VGG(11)]
     for m in ms:
         gs = split_stages(m)
         assert_partition(m, gs)
@@ -108,7 +117,8 @@ def test_seeds():
 
 
 class RootScale(nn.Module):
-    "A root parameter `name` used after the stem (after the classifier when `late`); maybe the classifier defined first"
+    "A root parameter `name` used after the stem (after the classifier when `late`)"
+    # maybe the classifier defined first (`fc_first`)
     def __init__(self, name='scale', late=False, fc_first=False, shared=False):
         super().__init__()
         if fc_first: self.fc = nn.Linear(8, 10)
@@ -126,11 +136,11 @@ class RootScale(nn.Module):
         return self.fc(self.pool(self.body(self.stem(x) * s)).flatten(1))
 
 
-@pytest.mark.parametrize('kw', [dict(name='scale'), dict(name='gamma'), dict(name='logit_scale'), dict(name='alpha'),
-                                dict(name='scale', fc_first=True), dict(name='alpha', fc_first=True),
-                                dict(name='scale', shared=True)])
+@pytest.mark.parametrize('kw', [dict(name='scale'), dict(name='gamma'), dict(name='logit_scale'),
+                                dict(name='alpha'), dict(name='scale', fc_first=True),
+                                dict(name='alpha', fc_first=True), dict(name='scale', shared=True)])
 def test_root_param_does_not_collapse(kw):
-    "A root parameter named like a late scale, or a classifier defined first, never merges the body into the head"
+    "A root parameter named like a late scale, or a classifier defined first, never merges body into head"
     m = RootScale(**kw)
     before = [(n, p) for n, p in m.named_parameters()]
     with warnings.catch_warnings():
@@ -139,15 +149,19 @@ def test_root_param_does_not_collapse(kw):
     assert len(gs) >= 3 and len(g3) == 3
     for g in (gs, g3): assert_partition(m, g); assert_order(m, g, (1, 3, 16, 16))
     assert _has(gs[0], getattr(m, kw['name'])) and _same(gs[-1], m.fc.parameters())
-    assert all(p is q and not p.is_meta for (_, p), (_, q) in zip(before, m.named_parameters()))  # traced on a copy
+    # traced on a copy
+    assert all(p is q and not p.is_meta for (_, p), (_, q) in zip(before, m.named_parameters()))
 
 
 @pytest.mark.parametrize('traced', [True, False])
 def test_root_scale_used_last_joins_head(traced):
-    "A root scale used after the classifier joins the head: seen in a meta forward pass, else guessed from its name"
+    "A root scale used after the classifier joins the head"
+    # seen in a meta forward pass, else guessed from its name
     m = RootScale('gamma', late=True)
-    if not traced: m.forward = lambda x, y: x  # the meta forward pass fails: the name decides, and a warning says so
-    with (warnings.catch_warnings() if traced else pytest.warns(UserWarning, match='no forward pass on the meta')):
+    # the meta forward pass fails: the name decides, and a warning says so
+    if not traced: m.forward = lambda x, y: x
+    with (warnings.catch_warnings() if traced
+          else pytest.warns(UserWarning, match='no forward pass on the meta')):
         if traced: warnings.simplefilter('error')
         gs = split_stages(m)
     assert len(gs) >= 3 and _has(gs[-1], m.gamma) and len(gs[-1]) == 3
@@ -158,7 +172,8 @@ def test_one_group_warns():
     "One group from several blocks, or fewer than `n` groups, always says so"
     m = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1))
     with pytest.warns(UserWarning, match='one layer group for 2 blocks'): assert len(split_stages(m)) == 1
-    with pytest.warns(UserWarning, match='1 groups instead of 3'): assert len(split_n(nn.Linear(2, 2), 3)) == 1
+    with pytest.warns(UserWarning, match='1 groups instead of 3'):
+        assert len(split_n(nn.Linear(2, 2), 3)) == 1
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         assert len(split_stages(nn.Linear(2, 2))) == len(split_n(m, 1)) == 1
@@ -205,10 +220,13 @@ def test_split_at_errors():
 def test_check_groups_names_problems():
     m = resolve('torchvision:resnet18')
     gs = split_stages(m)
-    with pytest.raises(GroupError, match=r'missing parameters \(2\): fc.weight, fc.bias'): check_groups(m, gs[:-1])
-    with pytest.raises(GroupError, match=r'duplicated parameters \(1\): conv1.weight'): check_groups(m, gs + [[m.conv1.weight]])
+    with pytest.raises(GroupError, match=r'missing parameters \(2\): fc.weight, fc.bias'):
+        check_groups(m, gs[:-1])
+    with pytest.raises(GroupError, match=r'duplicated parameters \(1\): conv1.weight'):
+        check_groups(m, gs + [[m.conv1.weight]])
     with pytest.raises(GroupError, match='empty groups'): check_groups(m, gs + [[]])
-    with pytest.raises(GroupError, match='not parameters of the model'): check_groups(m, gs + [[nn.Parameter(torch.zeros(2))]])
+    with pytest.raises(GroupError, match='not parameters of the model'):
+        check_groups(m, gs + [[nn.Parameter(torch.zeros(2))]])
 
 
 def test_group_table_formats():
@@ -258,11 +276,13 @@ def test_fastai_cut_torchvision_body():
 
 
 def test_splitters_pickle():
-    "Splitters are module-level objects: they pickle (for `learn.export()`), read back equal and split the same"
+    "Splitters are module-level: they pickle (for `learn.export()`), read back equal and split the same"
     m = resolve('torchvision:resnet18')
-    for s in (stage_splitter(), n_splitter(3), at_splitter(['layer2', [7]]), splitter('layer3'), splitter(4), splitter()):
+    for s in (stage_splitter(), n_splitter(3), at_splitter(['layer2', [7]]), splitter('layer3'), splitter(4),
+              splitter()):
         back = pickle.loads(pickle.dumps(s))
-        assert isinstance(back, Splitter) and back == s and repr(back) == repr(s) and splitter(back.groups) == s
+        assert isinstance(back, Splitter) and back == s
+        assert repr(back) == repr(s) and splitter(back.groups) == s
         assert [list(map(id, g)) for g in back(m)] == [list(map(id, g)) for g in s(m)]
     assert repr(stage_splitter()) == 'stage_splitter()' and repr(n_splitter(3)) == 'n_splitter(3)'
     assert repr(at_splitter('layer3')) == "at_splitter('layer3')"
@@ -277,7 +297,8 @@ def test_fastai_export_with_splitter(tmp_path):
     _fastai()
     from fastai.data.core import Datasets
     from fastai.learner import Learner, load_learner
-    dls = Datasets(range(4), tfms=[[_image], [_label]], splits=[[0, 1], [2, 3]]).dataloaders(bs=2, num_workers=0)
+    dsets = Datasets(range(4), tfms=[[_image], [_label]], splits=[[0, 1], [2, 3]])
+    dls = dsets.dataloaders(bs=2, num_workers=0)
     learn = Learner(dls, RootScale(), loss_func=nn.CrossEntropyLoss(), splitter=stage_splitter())
     learn.export(tmp_path / 'learn.pkl')
     back = load_learner(tmp_path / 'learn.pkl')
@@ -297,7 +318,8 @@ D = 4
 
 
 class Node(nn.Module):
-    "A custom module running its children in order; a `token` used first and a `gamma` used last, when it has them"
+    "A custom module running its children in order"
+    # a `token` used first and a `gamma` used last, when it has them
     def __init__(self, kids, token=False, gamma=False):
         super().__init__()
         self.kids = nn.ModuleList(kids)
@@ -325,7 +347,8 @@ def _tree(draw, depth, shared):
 @st.composite
 def trees(draw):
     shared = [nn.Linear(D, D)] if draw(st.booleans()) else []
-    root = Node([_tree(draw, 3, shared) for _ in range(draw(st.integers(1, 5)))], draw(st.booleans()), draw(st.booleans()))
+    root = Node([_tree(draw, 3, shared) for _ in range(draw(st.integers(1, 5)))],
+                draw(st.booleans()), draw(st.booleans()))
     if draw(st.booleans()): root.kids.append(nn.Linear(D, D))  # a classifier
     if not any(True for _ in root.parameters()): root.kids.append(nn.Linear(D, D))
     for p in root.parameters():
@@ -352,8 +375,8 @@ def test_random_trees_partition_and_order(m, n):
 def _sample() -> list[str]:
     "One timm model per family (its shortest name), and every torchvision classifier"
     import timm, torchvision
-    fams = [f'timm:{min(timm.list_models(module=mod), key=lambda n: (len(n), n))}' for mod in timm.list_modules()
-            if timm.list_models(module=mod)]
+    fams = [f'timm:{min(timm.list_models(module=mod), key=lambda n: (len(n), n))}'
+            for mod in timm.list_modules() if timm.list_models(module=mod)]
     return fams + [f'torchvision:{n}' for n in torchvision.models.list_models(module=torchvision.models)]
 
 
@@ -373,7 +396,8 @@ def _starts(m, groups) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _splits(name: str):
-    "The plan of a sample model (one forward pass) and its two splits, shared by the golden pin and the sample test"
+    "The plan of a sample model (one forward pass) and its two splits"
+    # shared by the golden pin and the sample test
     m = _built(name)
     p = plan(m)
     with warnings.catch_warnings():
@@ -382,7 +406,7 @@ def _splits(name: str):
 
 
 def test_registry_golden(golden):
-    "One line per sample model: strategy, where each split_stages group starts, where the split_n(m, 4) groups start"
+    "One line per sample model: strategy, where each split_stages group and each split_n(m, 4) group starts"
     lines = []
     for name in _sample():
         p, gs, g4 = _splits(name)
@@ -392,7 +416,7 @@ def test_registry_golden(golden):
 
 @pytest.mark.parametrize('name', _sample())
 def test_registry_sample(name):
-    "Partition, head last, forward order (checked by an independent plain meta pass) and norms with their layers"
+    "Partition, head last, forward order (checked by an independent plain meta pass) and norms with layers"
     from fast_impl.split.check import norm_splits
     p, gs, g4 = _splits(name)
     m = p.model
@@ -416,15 +440,18 @@ def test_group_table_with_learning_rates():
     head_row = str(t).splitlines()[-3]
     assert head_row.split('|')[2].strip() == 'fc' and head_row.split('|')[-2].strip() == '0.001'
     assert 'lr' not in group_table(m, gs).to_df().columns
-    with pytest.raises(ValueError, match='lrs has 2 learning rates for 6 groups'): group_table(m, gs, lrs=[1, 2])
+    with pytest.raises(ValueError, match='lrs has 2 learning rates for 6 groups'):
+        group_table(m, gs, lrs=[1, 2])
 
 
 @pytest.mark.parametrize('flags', list(__import__('itertools').product([False, True], repeat=4)))
 def test_tree_found_by_hypothesis_in_ci(flags):
     "A random tree on which an earlier split_stages put a LayerNorm's group before the Linear that runs first"
     t1, g1, t2, g2 = flags
-    inner = nn.Sequential(nn.Sequential(nn.Linear(D, D)), nn.Linear(D, D), nn.Sequential(nn.LayerNorm(D), nn.ReLU()))
-    m = Node([nn.Sequential(nn.Linear(D, D)), Node([inner, nn.ReLU(), nn.Sequential(nn.ReLU())], t2, g2)], t1, g1)
+    inner = nn.Sequential(nn.Sequential(nn.Linear(D, D)), nn.Linear(D, D),
+                          nn.Sequential(nn.LayerNorm(D), nn.ReLU()))
+    m = Node([nn.Sequential(nn.Linear(D, D)), Node([inner, nn.ReLU(), nn.Sequential(nn.ReLU())], t2, g2)],
+             t1, g1)
     order = first_use_order(m, (2, D))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -438,13 +465,16 @@ def test_functions_taking_groups_need_the_module_they_came_from():
     m = resolve('torchvision:resnet18')
     gs = split_stages(m)
     for f in (group_table, check_groups, group_names, order_violations):
-        with pytest.raises(TypeError, match='pass the module the groups were split from'): f('torchvision:resnet18', gs)
-    with pytest.raises(GroupError, match=r"group 0: Conv2d \(not a Parameter\)"): check_groups(m, [[m.conv1]] + gs)
+        with pytest.raises(TypeError, match='pass the module the groups were split from'):
+            f('torchvision:resnet18', gs)
+    with pytest.raises(GroupError, match=r"group 0: Conv2d \(not a Parameter\)"):
+        check_groups(m, [[m.conv1]] + gs)
 
 
 def test_split_at_rejects_an_ambiguous_int_list():
     m = resolve('torchvision:resnet18')
-    with pytest.raises(ValueError, match=r"ambiguous: write \[\[4, 6\]\] for one cut.*or \[\[4\], \[6\]\] for 2 cuts"):
+    with pytest.raises(ValueError, match=r"ambiguous: write \[\[4, 6\]\] for one cut"
+                                         r".*or \[\[4\], \[6\]\] for 2 cuts"):
         split_at(m, [4, 6])
     assert len(split_at(m, [[4], [6]])) == 3
 
@@ -461,22 +491,26 @@ def test_strategy_that_does_not_apply_says_so():
     from fast_impl.split import StrategyError
     from fast_impl.split.plan import STRATEGIES
     m = resolve('fastai:xresnet18')
-    with pytest.raises(StrategyError, match="strategy 'timm' does not apply to XResNet; valid: timm, generic"):
+    with pytest.raises(StrategyError,
+                       match="strategy 'timm' does not apply to XResNet; valid: timm, generic"):
         plan(m, strategy='timm')
-    with pytest.raises(ValueError, match="unknown split strategy 'nope'; valid: timm, generic"): plan(m, strategy='nope')
+    with pytest.raises(ValueError, match="unknown split strategy 'nope'; valid: timm, generic"):
+        plan(m, strategy='nope')
     with pytest.raises(ValueError, match='has no parameters to split'): plan(nn.ReLU())
-    with pytest.raises(ValueError, match="split strategy 'timm' is already registered"): STRATEGIES.register('timm')(print)
+    with pytest.raises(ValueError, match="split strategy 'timm' is already registered"):
+        STRATEGIES.register('timm')(print)
     assert plan(m, strategy='generic').strategy == 'generic'
 
 
-# ---------------------------------------------------------------- the splitting rules (fast_impl.split.rules.RULES)
+# ---------------------------------------------------------------- the splitting rules
+# (fast_impl.split.rules.RULES)
 
 def _cbr(cin, cout, stride=1):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
 
 class Reordered(nn.Module):
-    "A net whose `__init__` registers head, stage3, stage2, stage1, stem: the reverse of the order they run in"
+    "A net whose `__init__` registers head, stage3, stage2, stage1, stem: reverse of the order they run in"
     def __init__(self):
         super().__init__()
         self.head = nn.Linear(32, 10)
@@ -498,7 +532,7 @@ def _no_warnings():
 
 
 def test_forward_order_not_registration_order():
-    "Rule 1: groups run stem -> stage1 -> stage2 -> stage3 -> head, whatever order `__init__` registered them in"
+    "Rule 1: groups run stem -> stage1 -> stage2 -> stage3 -> head, whatever `__init__`'s registration order"
     m = Reordered()
     with warnings.catch_warnings():
         warnings.simplefilter('error')
@@ -515,7 +549,8 @@ def test_registration_order_fallback_warns():
     "Rule 1: where no forward pass can run, registration order is used and split_stages says so"
     m = Reordered()
     m.forward = lambda x, y: x
-    with pytest.warns(UserWarning, match='no forward pass on the meta device ran.*registered'): gs = split_stages(m)
+    with pytest.warns(UserWarning, match='no forward pass on the meta device ran.*registered'):
+        gs = split_stages(m)
     assert_partition(m, gs)
 
 
@@ -534,7 +569,8 @@ class MlpHead(nn.Module):
     def __init__(self, kind):
         super().__init__()
         self.backbone = _backbone(kind)
-        self.head = nn.Sequential(nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 7))
+        self.head = nn.Sequential(nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.2),
+                                  nn.Linear(256, 7))
 
     def forward(self, x): return self.head(self.backbone(x))
 
@@ -575,12 +611,14 @@ def test_head_argument_for_what_no_rule_sees():
     "`head=` puts named modules (names or index paths) in the head group of every split and splitter"
     m = resolve('torchvision:resnet18')
     want = [*m.layer4.parameters(), *m.fc.parameters()]
-    for gs in (split_stages(m, head='layer4'), split_n(m, 3, head=['layer4', 'fc']), split_at(m, 'layer2', head=[[7]]),
-               splitter('stages', head='layer4')(m), n_splitter(3, head='layer4')(m), stage_splitter(head=[7])(m)):
+    for gs in (split_stages(m, head='layer4'), split_n(m, 3, head=['layer4', 'fc']),
+               split_at(m, 'layer2', head=[[7]]), splitter('stages', head='layer4')(m),
+               n_splitter(3, head='layer4')(m), stage_splitter(head=[7])(m)):
         assert _same(gs[-1], want), [len(g) for g in gs]
         assert_partition(m, gs)
     assert len(split_at(m, 'layer2', head='layer4')) == 3
-    c = resolve('convnext_atto')  # the downsample norm leading stages.3 stays with it, though rule 5 would move it
+    # the downsample norm leading stages.3 stays with it, though rule 5 would move it
+    c = resolve('convnext_atto')
     assert _same(split_stages(c, head='stages.3')[-1], [*c.stages[3].parameters(), *c.head.parameters()])
     with pytest.raises(KeyError, match='valid children of ResNet: .*layer4'): split_stages(m, head='layer9')
     assert repr(stage_splitter(head='layer4')) == "stage_splitter(head='layer4')"
@@ -592,7 +630,8 @@ class RootTokens(nn.Module):
     "A ViT-like net with its class token and position embedding on the root, used before the first block"
     def __init__(self, d=48, n=6):
         super().__init__()
-        self.blocks = nn.Sequential(*[nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU()) for _ in range(n)])
+        self.blocks = nn.Sequential(*[nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU())
+                                      for _ in range(n)])
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, 3)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
@@ -606,11 +645,12 @@ class RootTokens(nn.Module):
 
 
 def test_tokens_used_before_the_blocks_are_stem():
-    "Rule 4: tokens and position embeddings used before the first block are in the stem group; rule 5: the final norm"
+    "Rule 4: tokens and position embeddings used before the first block are stem; rule 5: the final norm"
     m = RootTokens()
     gs = split_stages(m)
     assert _same(gs[0], [m.cls_token, m.pos_embed, *m.patch.parameters()]) and len(gs) == 8
-    assert _same(gs[-1], m.head.parameters()) and _has(gs[-2], m.norm.weight)  # the final norm runs on the tokens
+    assert _same(gs[-1], m.head.parameters())
+    assert _has(gs[-2], m.norm.weight)  # the final norm runs on the tokens
     assert_partition(m, gs); assert_order(m, gs, (1, 3, 32, 32))
 
 
@@ -622,7 +662,8 @@ def test_late_class_token_stays_where_it_is_used():
     assert _has(gs[first], m.cls_token) and not _has(gs[0], m.cls_token)
 
 
-@pytest.mark.parametrize('name', ['mobilenetv4_conv_small', 'mobilenetv4_hybrid_medium', 'mobilenetv3_small_050'])
+@pytest.mark.parametrize('name', ['mobilenetv4_conv_small', 'mobilenetv4_hybrid_medium',
+                                  'mobilenetv3_small_050'])
 def test_norm_stays_with_its_layer(name):
     "Rule 3: `conv_head` and `norm_head` (run on pooled features) are in one group, the head, in every split"
     from fast_impl.split.check import norm_splits
@@ -631,7 +672,8 @@ def test_norm_stays_with_its_layer(name):
     for gs in (split_stages(p), split_n(p, 4), split_n(p, 6)):
         assert norm_splits(p, group_names(m, gs)) == []
         assert _has(gs[-1], m.conv_head.weight) and _has(gs[-1], m.classifier.weight)
-        if hasattr(m, 'norm_head') and any(True for _ in m.norm_head.parameters()): assert _has(gs[-1], m.norm_head.weight)
+        if hasattr(m, 'norm_head') and any(True for _ in m.norm_head.parameters()):
+            assert _has(gs[-1], m.norm_head.weight)
 
 
 @pytest.mark.parametrize('name, norm, head', [('vit_base_patch16_224', 'norm', False),
@@ -666,23 +708,26 @@ def test_named_stems():
     assert stage_blocks('torchvision:inception_v3')[0] == ['Conv2d_1a_3x3', 'Conv2d_2a_3x3', 'Conv2d_2b_3x3',
                                                            'Conv2d_3b_1x1', 'Conv2d_4a_3x3']
     assert stage_blocks('hrnet_w18_small')[:2] == [['conv1', 'bn1', 'conv2', 'bn2'], ['layer1']]
-    assert stage_blocks('torchvision:convnext_tiny')[2][:2] == ['features.2.0', 'features.2.1']  # downsample first
+    # downsample first
+    assert stage_blocks('torchvision:convnext_tiny')[2][:2] == ['features.2.0', 'features.2.1']
 
 
-@pytest.mark.parametrize('name', ['torchvision:resnet50', 'torchvision:vit_b_16', 'swinv2_cr_tiny_ns_224', 'efficientnet_b0',
-                                  'coat_lite_tiny', 'mobilenetv4_hybrid_medium'])
+@pytest.mark.parametrize('name', ['torchvision:resnet50', 'torchvision:vit_b_16', 'swinv2_cr_tiny_ns_224',
+                                  'efficientnet_b0', 'coat_lite_tiny', 'mobilenetv4_hybrid_medium'])
 def test_trace_shortcuts_are_exact(name):
-    "The trace's shape shortcuts give the same order, norm links, sizes and head start as the plain meta forward pass"
+    "The trace's shape shortcuts match the plain meta forward pass: order, norm links, sizes and head start"
     from fast_impl.split.trace import _record, guess_input_size, trace
     m = _built(name)
     fast, plain = trace(m), _record(m, torch.zeros(2, *guess_input_size(m)[1:], device='meta'), fast=False)
-    assert (fast.order, fast.norm_of, fast.size, fast.head_from) == (plain.order, plain.norm_of, plain.size, plain.head_from)
+    assert ((fast.order, fast.norm_of, fast.size, fast.head_from)
+            == (plain.order, plain.norm_of, plain.size, plain.head_from))
     assert fast.order == first_use_order(m)
 
 
 def test_group_params_in_forward_order():
     "Inside each group the parameters are listed in the order the forward pass first uses them"
-    for m, size in ((Reordered(), None), (RootTokens(), (1, 3, 32, 32)), (resolve('torchvision:vit_b_16'), None)):
+    for m, size in ((Reordered(), None), (RootTokens(), (1, 3, 32, 32)),
+                    (resolve('torchvision:vit_b_16'), None)):
         order = {n: i for i, n in enumerate(first_use_order(m, size))}
         for ns in group_names(m, split_stages(m)):
             used = [order[n] for n in ns if n in order]

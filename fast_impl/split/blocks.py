@@ -1,7 +1,8 @@
-"The records every split is made of (`Block`, `Plan`), the part of a model to look at, and `Index`, one model's walks."
+"Records of every split (`Block`, `Plan`), the part of a model to look at, and `Index`, one model's walks."
 from __future__ import annotations
 
-__all__ = ['Block', 'Plan', 'Index', 'View', 'view', 'as_model', 'owner', 'under', 'span', 'classifiers', 'CONTAINERS', 'LATE']
+__all__ = ['Block', 'Plan', 'Index', 'View', 'view', 'as_model', 'owner', 'under', 'span', 'classifiers',
+           'CONTAINERS', 'LATE']
 
 import re
 from dataclasses import dataclass, field
@@ -12,12 +13,13 @@ from torch import nn
 from ..tree import unwrap
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-LATE = re.compile(r'(^|_)(gamma|scale|logit_scale|temperature|temp)($|_)')  # direct params used after the children
+# direct params used after the children
+LATE = re.compile(r'(^|_)(gamma|scale|logit_scale|temperature|temp)($|_)')
 
 
 @dataclass
 class Block:
-    "Parameters that stay together in every split: their dotted names, the modules they span, role and stage number"
+    "Parameters kept together in every split: dotted names, the modules they span, role and stage number"
     params: list[str]
     modules: list[str]
     role: str = 'body'  # 'stem' | 'body' | 'head'
@@ -26,7 +28,7 @@ class Block:
 
 
 class Index:
-    "One module's named parameters, modules and forward trace, each made once and shared by every step of a split"
+    "A module's named parameters, modules and forward trace, each made once, shared by every step of a split"
     def __init__(self, model: nn.Module, input_size=None, trace=False):
         self.model, self.input_size = model, input_size
         if trace is not False: self.trace = trace  # a trace made already (of the model that holds this one)
@@ -42,7 +44,7 @@ class Index:
 
     @cached_property
     def sequence(self) -> list[str]:
-        "Parameter names in forward order; each one the forward pass does not use stays behind the one defined before it"
+        "Parameter names in forward order; each one unused by the forward pass stays behind its predecessor"
         rank, key, keyed = self.rank, -1, []
         for i, n in enumerate(self.weights):
             key = rank.get(n, key)
@@ -86,7 +88,8 @@ class Plan:
     model: nn.Module
     blocks: list[Block]
     strategy: str
-    index: Index | None = field(default=None, repr=False, compare=False)  # the model's walks, shared by its splits
+    # the model's walks, shared by its splits
+    index: Index | None = field(default=None, repr=False, compare=False)
 
     @property
     def head(self) -> list[Block]: return [b for b in self.blocks if b.role == 'head']
@@ -99,7 +102,8 @@ class Plan:
 
 @dataclass
 class View:
-    "The part of a (maybe fastai-wrapped) model to analyse: `body` whose names start with `prefix`, plus a fastai head"
+    "The part of a (maybe fastai-wrapped) model to analyse: `body`, plus a fastai head"
+    # `body`: its names in `model` start with `prefix`
     model: nn.Module
     body: nn.Module
     prefix: str = ''
@@ -148,7 +152,7 @@ def span(params: list[str]) -> list[str]:
 
 
 def classifiers(body: nn.Module) -> list[nn.Module]:
-    "The classifier modules: timm's `get_classifier()`, else the last Linear, else a top-level `classifier`/`fc`/`head`"
+    "Classifiers: timm's `get_classifier()`, else the last Linear, else a top-level `classifier`/`fc`/`head`"
     get = getattr(body, 'get_classifier', None)
     if callable(get):
         try: c = get()

@@ -1,8 +1,8 @@
 "Checks on layer groups: they partition a model's parameters, and they follow its forward order."
 from __future__ import annotations
 
-__all__ = ['GroupError', 'check_groups', 'group_names', 'order_violations', 'grouped_model', 'name_violations',
-           'norm_splits', 'body_resolutions']
+__all__ = ['GroupError', 'check_groups', 'group_names', 'order_violations', 'grouped_model',
+           'name_violations', 'norm_splits', 'body_resolutions']
 
 from typing import Sequence
 
@@ -15,20 +15,21 @@ from .trace import first_use_order
 
 
 class GroupError(ValueError):
-    "Layer groups that do not partition a model's parameters (missing, duplicated or foreign), or an empty group"
+    "Layer groups not partitioning a model's parameters (missing, duplicated or foreign), or an empty group"
 
 
 def grouped_model(model) -> nn.Module:
-    "The module that groups were split from: a name or builder would build a new model that holds none of them"
+    "The module the groups were split from: a name or builder would build a new model holding none of them"
     if not isinstance(model, nn.Module):
-        raise TypeError(f"pass the module the groups were split from, not {model!r}: a name or builder builds a new "
-                        f"model, e.g. m = resolve('resnet18'); group_table(m, split_stages(m))")
+        raise TypeError(f"pass the module the groups were split from, not {model!r}: a name or builder "
+                        f"builds a new model, e.g. m = resolve('resnet18'); group_table(m, split_stages(m))")
     return unwrap(model)
 
 
 def _what(t) -> str:
     "How a group entry that is not a parameter of the model is named in messages"
-    return f'tensor of shape {tuple(t.shape)}' if isinstance(t, torch.Tensor) else f'{type(t).__name__} (not a Parameter)'
+    return (f'tensor of shape {tuple(t.shape)}' if isinstance(t, torch.Tensor)
+            else f'{type(t).__name__} (not a Parameter)')
 
 
 def group_names(model, groups: list[list[nn.Parameter]]) -> list[list[str]]:
@@ -39,7 +40,8 @@ def group_names(model, groups: list[list[nn.Parameter]]) -> list[list[str]]:
 
 
 def check_groups(model, groups) -> None:
-    "Raise `GroupError` unless `groups` partition the parameters of `model`: naming every missing, duplicated or foreign one"
+    "Raise `GroupError` unless `groups` partition the parameters of `model`"
+    # the error names every missing, duplicated or foreign one
     model = grouped_model(model)
     names = {id(p): n for n, p in model.named_parameters()}
     seen, dup, foreign, empty = set(), [], [], []
@@ -54,12 +56,14 @@ def check_groups(model, groups) -> None:
     msgs = [f"{what} ({len(xs)}): {', '.join(map(str, xs))}" for what, xs in
             [('empty groups', empty), ('missing parameters', missing), ('duplicated parameters', dup),
              ('tensors that are not parameters of the model', foreign)] if xs]
-    if msgs: raise GroupError(f"layer groups do not partition the parameters of {type(model).__name__}: " + '; '.join(msgs))
+    if msgs: raise GroupError(f"layer groups do not partition the parameters of {type(model).__name__}: "
+                              + '; '.join(msgs))
 
 
 def order_violations(model, groups: list[list[nn.Parameter]], order: list[str] | None = None,
                      input_size: Sequence[int] | None = None) -> list[str]:
-    "Each parameter first used before a parameter of an earlier group, said with that one (empty: groups follow forward order)"
+    "Each parameter first used before a parameter of an earlier group, said with that one"
+    # empty: the groups follow the forward order
     model = grouped_model(model)
     order = order if order is not None else first_use_order(model, input_size)
     return name_violations(group_names(model, groups), order)
@@ -90,7 +94,7 @@ def norm_splits(p, groups: list[list[str]]) -> list[str]:
 
 
 def body_resolutions(p, groups: list[list[str]]) -> list[list[tuple[int, ...]]]:
-    "Per body group (not stem, not head): the resolution it takes, then each change of its blocks' output resolution"
+    "Per body group (not stem/head): its input resolution, then each change of its blocks' output resolution"
     tr = p.index.trace
     if tr is None or len(groups) < 3: return []
     where = {n: i for i, g in enumerate(groups) for n in g}

@@ -1,4 +1,4 @@
-"Family fixes, as data: parameters that a strategy puts in a block before or after the one that first uses them."
+"Family fixes, as data: parameters a strategy puts in a block before or after the one that first uses them."
 from __future__ import annotations
 
 __all__ = ['Fix', 'FIXES', 'apply_fixes']
@@ -16,7 +16,8 @@ from .blocks import Block, owner, under
 class Fix:
     "Move the parameters matching `src` into the block holding the first parameter that `dst` matches"
     src: str  # regex of the parameters to move
-    dst: str | Callable[[nn.Module], str]  # regex of the target's parameter (may use `src`'s groups), or f(model)
+    # regex of the target's parameter (may use `src`'s groups), or f(model)
+    dst: str | Callable[[nn.Module], str]
     why: str  # the family and the reason, for the reader
     last: bool = False  # the target is the block of the last parameter `dst` matches
     when: Callable[[nn.Module], bool] | None = None  # applies only to models where this holds
@@ -33,16 +34,19 @@ def _convit_first_gpsa(m: nn.Module) -> str: return rf'^blocks\.{getattr(m, "loc
 
 
 FIXES: tuple[Fix, ...] = (
-    Fix(r'^cls_token$', r'^cls_attn_blocks\.0\.', 'xcit: the class token enters at the class-attention blocks'),
+    Fix(r'^cls_token$', r'^cls_attn_blocks\.0\.',
+        'xcit: the class token enters at the class-attention blocks'),
     Fix(r'^cls_token$', r'^norm\.', 'cait: the class token enters after the blocks', when=_cait),
-    Fix(r'^blocks_token_only\.', r'^norm\.', "cait: the matcher overlaps the class-attention blocks with the last blocks"),
+    Fix(r'^blocks_token_only\.', r'^norm\.',
+        "cait: the matcher overlaps the class-attention blocks with the last blocks"),
     Fix(r'^cls_token$', r'^post_network\.0\.', 'volo: the class token enters at the post network'),
     Fix(r'^pos_embed$', r'^network\.2\.', 'volo: the position embedding is added after the first stage'),
     Fix(r'^cls_token$', _convit_first_gpsa, 'convit: the class token enters after the local (GPSA) layers'),
     Fix(r'^c?rpe(\d)\.', r'^serial_blocks\1\.0\.', 'coat: position encodings shared by a serial stage'),
     Fix(r'^cpe(\d)\.', r'^serial_blocks\1\.0\.', 'coat: convolutional position encodings of a serial stage'),
     Fix(r'^rope\.', r'^patch_embed\.', 'vit with rope: computed before the tokens are built'),
-    Fix(r'^(incre|downsamp)_modules\.', r'^incre_modules\.0\.', 'hrnet: incre and downsamp modules interleave'),
+    Fix(r'^(incre|downsamp)_modules\.', r'^incre_modules\.0\.',
+        'hrnet: incre and downsamp modules interleave'),
     Fix(r'^norm\.(\d+)\.', r'^stages\.\1\.', 'efficientvim: a norm after each stage', last=True),
     Fix(r'^shared_rel_pos\.', r'^patch_embed\.', 'vit_srelpos: computed once, used by every block'),
 )

@@ -1,4 +1,5 @@
-"The generic strategy: blocks from the module tree, for any model (the main run of repeated blocks, the stem before it)."
+"The generic strategy: blocks from the module tree, for any model."
+# The blocks: the main run of repeated blocks, the stem before it.
 from __future__ import annotations
 
 __all__ = ['generic_blocks']
@@ -11,7 +12,7 @@ from .blocks import CONTAINERS, LATE, Block, Index, classifiers, owner, under
 
 
 def _head_names(ix: Index) -> list[str]:
-    "Module names of the head: each classifier, widened to its parent while the parent adds no other weight matrix"
+    "Head module names: each classifier, widened to its parent while the parent adds no other weight matrix"
     body, names, heads = ix.model, {m: n for n, m in ix.modules}, []
     for c in classifiers(body):
         name = names.get(c)
@@ -31,12 +32,13 @@ def _has_matrix(m: nn.Module, besides: nn.Module) -> bool:
 
 
 class _Tree:
-    "Parameter counts per module name (head excluded) and the modules that hold parameters, for structure detection"
+    "Parameter counts per module (head excluded) and the modules holding parameters, for structure detection"
     def __init__(self, ix: Index, heads: list[str]):
         self.heads = heads
         self.mods = dict(ix.modules)
         self.w: dict[str, int] = {}
-        self.first: dict[str, int] = {}  # module -> first use of any parameter under it (rule 1: forward order)
+        # module -> first use of any parameter under it (rule 1: forward order)
+        self.first: dict[str, int] = {}
         rank = ix.rank
         for n, p in ix.params:
             parts = n.split('.')
@@ -57,7 +59,7 @@ class _Tree:
         return self.in_order(out)
 
     def in_order(self, names: list[str]) -> list[str]:
-        "`names` in forward order (rule 1); one that the forward pass does not use stays behind its predecessor"
+        "`names` in forward order (rule 1); one unused by the forward pass stays behind its predecessor"
         key, keyed = -1, []
         for i, n in enumerate(names):
             key = self.first.get(n, key)
@@ -69,7 +71,7 @@ class _Tree:
 
 
 def _pools(tree: _Tree, node: str) -> list[int]:
-    "Positions (in `tree.kids(node)` terms: index of the next kid) of parameter-free pooling children of `node`"
+    "Positions (in `tree.kids(node)`: the next kid's index) of parameter-free pooling children of `node`"
     kids, cuts, seen = tree.kids(node), [], 0
     for n, c in tree.mods[node].named_children():
         full = f'{node}.{n}' if node else n
@@ -79,7 +81,7 @@ def _pools(tree: _Tree, node: str) -> list[int]:
 
 
 def _aux(name: str) -> bool:
-    "An auxiliary classifier (googlenet `aux1`, inception `AuxLogits`): not used in eval mode, ignored when weighing"
+    "An auxiliary classifier (googlenet `aux1`, inception `AuxLogits`): unused in eval mode, not weighed"
     return name.rpartition('.')[2].lower().startswith('aux')
 
 
@@ -87,14 +89,15 @@ def _core_weight(tree: _Tree, kids: list[str]) -> int: return sum(tree.w[k] for 
 
 
 def _window(tree: _Tree, kids: list[str]) -> tuple[int, int, type] | None:
-    "The run of composite kids around the most repeated class (ties: the heavier), when it holds half the weight"
+    "The run of composite kids around the most repeated class (ties: heavier), when it holds half the weight"
     total, best = _core_weight(tree, kids), None
     for c in dict.fromkeys(tree.cls(k) for k in kids if not _aux(k)):
         at = [i for i, k in enumerate(kids) if tree.cls(k) is c]
         lo, hi = at[0], at[-1] + 1
         if len(at) < 2 or any(tree.leaf(k) for k in kids[lo:hi]): continue
         wt = _core_weight(tree, kids[lo:hi])
-        if max(tree.w[kids[i]] for i in at) * 10 > wt * 9: continue  # one member is nearly all of it: look inside
+        # one member is nearly all of it: look inside
+        if max(tree.w[kids[i]] for i in at) * 10 > wt * 9: continue
         if wt * 2 >= total and (best is None or (len(at), wt) > best[0]): best = ((len(at), wt), (lo, hi, c))
     return best and best[1]
 
@@ -107,7 +110,8 @@ def _descend(tree: _Tree) -> tuple[str, list[str], list[str]]:
         if not kids or _window(tree, kids): return node, stem, tail
         heavy = max(kids, key=lambda k: 0 if _aux(k) else tree.w[k])
         sub = tree.kids(heavy)
-        if tree.w[heavy] * 2 < _core_weight(tree, kids) or len(sub) < 2 or _flat(tree, heavy) and not _pools(tree, heavy):
+        if (tree.w[heavy] * 2 < _core_weight(tree, kids) or len(sub) < 2
+                or _flat(tree, heavy) and not _pools(tree, heavy)):
             return node, stem, tail
         i = kids.index(heavy)
         stem, tail, node = stem + kids[:i], kids[i + 1:] + tail, heavy
@@ -144,7 +148,8 @@ def _stages_at(tree: _Tree, node: str) -> tuple[list[str], list[list[str]], list
     win = _window(tree, kids)
     if win:
         lo, hi, c = win
-        if issubclass(c, CONTAINERS): stages = _cut(kids[lo:hi], [i - lo for i in range(lo + 1, hi) if tree.cls(kids[i]) is c])
+        if issubclass(c, CONTAINERS):
+            stages = _cut(kids[lo:hi], [i - lo for i in range(lo + 1, hi) if tree.cls(kids[i]) is c])
         else: stages = _leafish_stages(tree, node, kids, lo, hi, c)
         return kids[:lo], stages, kids[hi:]
     segs = _fallback_segments(tree, node, kids)
@@ -152,11 +157,13 @@ def _stages_at(tree: _Tree, node: str) -> tuple[list[str], list[list[str]], list
 
 
 def _fallback_segments(tree: _Tree, node: str, kids: list[str]) -> list[list[str]]:
-    "No repeated run: cut a flat node at its pools; elsewhere expand flat kids at their pools, runs of one class together"
+    "No repeated run: cut a flat node at its pools; elsewhere expand flat kids at their pools"
+    # and keep runs of one class together
     if _flat(tree, node) and _pools(tree, node): return _cut(kids, _pools(tree, node))
     segs = []
     for k in kids:
-        if not tree.leaf(k) and _flat(tree, k) and _pools(tree, k): segs += _cut(tree.kids(k), _pools(tree, k))
+        if not tree.leaf(k) and _flat(tree, k) and _pools(tree, k):
+            segs += _cut(tree.kids(k), _pools(tree, k))
         elif segs and tree.cls(segs[-1][-1]) is tree.cls(k): segs[-1].append(k)
         else: segs.append([k])
     return segs
@@ -172,7 +179,7 @@ def _stage_blocks(tree: _Tree, stage: list[str]) -> list[list[str]]:
 
 
 def generic_blocks(ix: Index, headless: bool) -> list[Block]:
-    "Blocks from the module tree: the main run of repeated blocks (stages), what runs before it (stem) and after (head)"
+    "Blocks from the module tree: the main run of repeated blocks (stages), stem before it, head after"
     w = ix.weights
     heads = [] if headless else _head_names(ix)
     tree = _Tree(ix, heads)
@@ -194,12 +201,12 @@ def generic_blocks(ix: Index, headless: bool) -> list[Block]:
 # ---- stages follow resolution (rule 6, where the forward pass saw convolutions)
 
 def _layers(tree: _Tree, name: str) -> int:
-    "How many weight matrices or kernels the module `name` holds: 1 for a layer (conv + norm), more for a block"
+    "How many weight matrices or kernels module `name` holds: 1 for a layer (conv + norm), more for a block"
     return sum(p.ndim >= 2 for p in tree.mods[name].parameters())
 
 
 def _resolution(tree: _Tree, name: str, ix: Index) -> tuple[int, ...] | None:
-    "Output size (pixels or tokens) of the last layer on a feature map that module `name` runs, if it runs one"
+    "Output size (pixels or tokens) of the last layer on a feature map that module `name` runs, if any"
     if ix.trace is None: return None
     convs = [c for c in ix.trace.size if under(c, name)]
     return ix.trace.size[max(convs, key=lambda c: ix.rank.get(f'{c}.weight', -1))] if convs else None
@@ -217,19 +224,22 @@ def _by_resolution(tree: _Tree, names: list[str], ix: Index) -> list[list[str]]:
 
 
 def _stem_stages(tree: _Tree, stem: list[str], ix: Index) -> tuple[list[str], list[list[str]]]:
-    "The stem cut after its leading layers when it holds whole stages (heavy, several resolutions, or blocks in a sequence)"
+    "The stem cut after its leading layers when it holds whole stages"
+    # whole stages: heavy, several resolutions, or blocks in a sequence
     lead = list(itertools.takewhile(lambda k: _layers(tree, k) <= 1, stem))
     rest = stem[len(lead):]
     if not lead or not rest: return stem, []
     total = sum(tree.w[k] for k in tree.kids('')) or 1
     sizes = {r for r in (_resolution(tree, k, ix) for k in stem) if r}
-    staged = any(isinstance(tree.mods[k], CONTAINERS) and any(_layers(tree, c) > 1 for c in tree.kids(k)) for k in rest)
+    staged = any(isinstance(tree.mods[k], CONTAINERS) and any(_layers(tree, c) > 1 for c in tree.kids(k))
+                 for k in rest)
     if sum(tree.w[k] for k in stem) * 10 <= total and len(sizes) <= 2 and not staged: return stem, []
     return lead, _by_resolution(tree, rest, ix)
 
 
 def _join_transitions(tree: _Tree, stages: list[list[str]], ix: Index) -> list[list[str]]:
-    "Plain layers ending a stage that change the resolution (a downsample, patch merging) start the next stage of blocks"
+    "Plain layers ending a stage that change the resolution start the next stage of blocks"
+    # such layers: a downsample, patch merging
     has_blocks = lambda st: any(_layers(tree, k) > 1 for k in st)
     out = [list(st) for st in stages]
     for i in range(len(out) - 1):
@@ -237,7 +247,8 @@ def _join_transitions(tree: _Tree, stages: list[list[str]], ix: Index) -> list[l
         n = len(list(itertools.takewhile(lambda k: _layers(tree, k) <= 1, reversed(st))))
         before = st[-n - 1] if n < len(st) else prev[-1] if prev and has_blocks(prev) else None
         res = _resolution(tree, st[-1], ix) if n else None
-        if res is None or before is None or not has_blocks(out[i + 1]) or res == _resolution(tree, before, ix): continue
+        if (res is None or before is None or not has_blocks(out[i + 1])
+                or res == _resolution(tree, before, ix)): continue
         out[i], out[i + 1] = st[:-n], st[-n:] + out[i + 1]
     return [st for st in out if st]
 
@@ -251,25 +262,27 @@ def _late(mods: list[str], heads: list[str], names: list[str]) -> list[str]:
 
 
 def _after_head(blocks: list[Block], names: list[str]) -> list[Block]:
-    "Last body blocks after the classifier in `names` (a final norm) run after it: they join the head, never the whole body"
+    "Last body blocks after the classifier in `names` (a final norm) run after it: they join the head"
+    # never the whole body
     heads = [b for b in blocks if b.role == 'head']
     if not heads: return blocks
     at = {n: i for i, n in enumerate(names)}
     start = min(at[p] for b in heads for p in _own(b))
     body = [b for b in blocks if b.role != 'head']
     late = list(itertools.takewhile(lambda b: min(at[p] for p in _own(b)) > start, reversed(body)))
-    if not late or len(late) == len(body): return blocks  # the classifier defined first says nothing of the order
+    # the classifier defined first says nothing of the order
+    if not late or len(late) == len(body): return blocks
     for b in reversed(late): heads[0].params += b.params; heads[0].modules += b.modules
     return [b for b in blocks if all(b is not x for x in late)]
 
 
 def _own(b: Block) -> list[str]:
-    "Parameters of `b` held under its modules (not those of an ancestor that `_fill` gave it), else all of them"
+    "Parameters of `b` under its modules (not those of an ancestor that `_fill` gave it), else all of them"
     return [p for p in b.params if any(under(p, m) for m in b.modules)] or b.params
 
 
 def _fill(blocks: list[Block], ix: Index) -> list[Block]:
-    "Give each block the parameters under its modules; direct parameters of modules above them join one block each"
+    "Give each block the parameters under its modules; direct ones of modules above them join one block each"
     w = ix.weights
     if not blocks: blocks = [Block([], [''], 'body', 0)]
     where = {m: b for b in blocks for m in b.modules}
@@ -290,11 +303,14 @@ def _fill(blocks: list[Block], ix: Index) -> list[Block]:
 
 
 def _ancestor_block(name: str, blocks: list[Block], rank: dict[str, int]) -> Block:
-    "Block for a parameter held above the blocks: the last one under its owner used before it, else the first (cls_token)"
+    "Block for a parameter held above the blocks: the last one under its owner used before it, else the first"
+    # the first: as for `cls_token`
     own = owner(name)
     inside = [b for b in blocks if any(under(m, own) for m in b.modules)] or blocks
     if name in rank:
-        before = [b for b in inside if b.params and min(rank.get(p, len(rank)) for p in b.params) < rank[name]]
+        before = [b for b in inside
+                  if b.params and min(rank.get(p, len(rank)) for p in b.params) < rank[name]]
         if before: return before[-1]
-    elif LATE.search(name.rpartition('.')[2]): return inside[-1]  # no forward pass: a scale is used after the children
+    elif LATE.search(name.rpartition('.')[2]):
+        return inside[-1]  # no forward pass: a scale is used after the children
     return next((b for b in inside if b.role != 'head'), inside[0])

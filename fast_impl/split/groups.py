@@ -16,7 +16,7 @@ from .rules import in_forward_order, norms_with_layers
 
 
 def _by_stage(p: Plan, attr: str) -> list[list[str]]:
-    "The `attr` ('params' or 'modules') of the blocks of `p`, gathered per `split_stages` group (stem, stages, head)"
+    "The `attr` ('params' or 'modules') of the blocks of `p` per `split_stages` group (stem, stages, head)"
     groups, key = [], None
     for b in p.blocks:
         k = ('head',) if b.role == 'head' else (b.stage,)
@@ -39,7 +39,7 @@ def _plan(model, head) -> Plan:
 
 
 def split_stages(model, head=None) -> list[list[nn.Parameter]]:
-    "Layer groups of `model`: the stem, one group per stage, and the head last (`head`: modules that belong to it)"
+    "Layer groups of `model`: the stem, one group per stage, the head last (`head`: modules belonging to it)"
     p = _plan(model, head)
     groups = _by_stage(p, 'params')
     if len(groups) == 1: _warn_one(p)
@@ -47,15 +47,18 @@ def split_stages(model, head=None) -> list[list[nn.Parameter]]:
 
 
 def _warn_one(p: Plan) -> None:
-    "Warn when `p` gives one group though its model has several blocks or parameter-holding children: never silently"
+    "Warn when `p` gives one group though its model has several blocks or parameter-holding children"
+    # never silently
     kids = [n for n, c in p.model.named_children() if any(True for _ in c.parameters())]
     if len(p.blocks) > 1 or len(kids) > 1:
-        warnings.warn(f"{type(p.model).__name__}: one layer group for {len(p.blocks)} blocks and {len(kids)} children "
-                      f"with parameters ({', '.join(kids[:4])}{', ...' if len(kids) > 4 else ''}); split_n or split_at cut it")
+        warnings.warn(f"{type(p.model).__name__}: one layer group for {len(p.blocks)} blocks and "
+                      f"{len(kids)} children with parameters ({', '.join(kids[:4])}"
+                      f"{', ...' if len(kids) > 4 else ''}); split_n or split_at cut it")
 
 
 def _to_params(p: Plan, groups: list[list[str]]) -> list[list[nn.Parameter]]:
-    "The parameters of each group of names, in forward order, checked to partition the model; warns where order breaks"
+    "The parameters of each group of names, in forward order, checked to partition the model"
+    # warns where the order breaks
     ps, pos = dict(p.index.params), p.index.position
     out = [[ps[n] for n in sorted(g, key=pos.get)] for g in groups]
     check_groups(p.model, out)
@@ -64,16 +67,18 @@ def _to_params(p: Plan, groups: list[list[str]]) -> list[list[nn.Parameter]]:
 
 
 def _warn_order(p: Plan, groups: list[list[str]]) -> None:
-    "Rule 1's warnings: no forward pass could run (registration order used), or a parameter used before an earlier group's"
+    "Rule 1's warnings: no forward pass could run, or a parameter used before an earlier group's"
+    # no forward pass: the registration order is used
     name, tr = type(p.model).__name__, p.index.trace
     if tr is None:
-        warnings.warn(f"{name}: no forward pass on the meta device ran with input {_sizes(p)}, so the groups follow the "
-                      f"order the modules were registered in; give the input size: split_stages(plan(model, "
-                      f"input_size=(1, 3, 64, 64)))", stacklevel=3)
+        warnings.warn(f"{name}: no forward pass on the meta device ran with input {_sizes(p)}, so the groups "
+                      f"follow the order the modules were registered in; give the input size: "
+                      f"split_stages(plan(model, input_size=(1, 3, 64, 64)))", stacklevel=3)
         return
     bad = name_violations(groups, tr.order)
-    if bad: warnings.warn(f"{name}: {len(bad)} parameters are used before a parameter of an earlier group "
-                          f"(first: {bad[0]}); the groups do not follow the forward order there", stacklevel=3)
+    if bad: warnings.warn(f"{name}: {len(bad)} parameters are used before a parameter of an earlier "
+                          f"group (first: {bad[0]}); the groups do not follow the forward order there",
+                          stacklevel=3)
 
 
 def _sizes(p: Plan) -> str:
@@ -109,17 +114,19 @@ def _pack(weights: Sequence[int], cap: int, k: int) -> list[list[int]]:
 
 
 def split_n(model, n: int, head=None) -> list[list[nn.Parameter]]:
-    "`n` contiguous layer groups of `model`, cut at block boundaries and balanced by parameter count, the head last"
+    "`n` contiguous layer groups of `model`, cut at block boundaries and balanced by parameter count"
+    # the head last
     n = check_n(n)
     p = _plan(model, head)
     groups = _n_groups(p, n)
     if len(groups) < n:
-        warnings.warn(f"{type(p.model).__name__} has {len(p.body)} body blocks: {len(groups)} groups instead of {n}")
+        warnings.warn(f"{type(p.model).__name__} has {len(p.body)} body blocks: "
+                      f"{len(groups)} groups instead of {n}")
     return _to_params(p, groups)
 
 
 def _n_groups(p: Plan, n: int) -> list[list[str]]:
-    "Names in at most `n` groups: the body blocks (refined where heavy) balanced into `n - 1` runs, then the head"
+    "Names in at most `n` groups: body blocks (refined where heavy) balanced into `n - 1` runs, then the head"
     body, head = p.body, [q for b in p.head for q in b.params]
     if n == 1 or not body: return [[q for b in p.blocks for q in b.params]]
     k = n - 1 if head else n
@@ -143,12 +150,14 @@ def _refine(blocks: list[Block], w: dict[str, int], cap: float, model: nn.Module
 
 
 def _sub_blocks(b: Block, model: nn.Module) -> list[Block]:
-    "`b` cut into the children of the sequence below the module all its parameters share; the others join an end part"
+    "`b` cut into the children of the sequence below the module all its parameters share"
+    # the others join an end part
     parts = [n.split('.') for n in b.params]
     depth = 0
     while all(len(q) > depth + 1 and q[depth] == parts[0][depth] for q in parts): depth += 1
     top = model.get_submodule('.'.join(parts[0][:depth]))
-    if isinstance(top, CONTAINERS): first, last = [n for n, q in zip(b.params, parts) if len(q) <= depth + 1], []
+    if isinstance(top, CONTAINERS):
+        first, last = [n for n, q in zip(b.params, parts) if len(q) <= depth + 1], []
     else:
         seq = _main_seq(top)
         if seq is None: return [b]  # a residual block or a module with no one sequence inside: keep it whole
@@ -164,14 +173,17 @@ def _sub_blocks(b: Block, model: nn.Module) -> list[Block]:
 
 
 def _main_seq(top: nn.Module) -> str | None:
-    "The child of `top` that is a sequence of 2+ modules holding most of its parameters (a stage's `blocks`), if any"
+    "The child of `top` that is a sequence of 2+ modules holding most of its parameters, if any"
+    # such as a stage's `blocks`
     total = sum(p.numel() for p in top.parameters())
     return next((n for n, c in top.named_children() if isinstance(c, CONTAINERS) and len(c) > 1
                  and 2 * sum(p.numel() for p in c.parameters()) > total), None)
 
 
-def _ends(params: list[str], parts: list[list[str]], depth: int, top: nn.Module, seq: str) -> tuple[list[str], list[str]]:
-    "Parameters of `top` outside its sequence `seq`: those that run first (defined before it, downsampling) and last"
+def _ends(params: list[str], parts: list[list[str]], depth: int, top: nn.Module,
+          seq: str) -> tuple[list[str], list[str]]:
+    "Parameters of `top` outside its sequence `seq`: those that run first and those that run last"
+    # first: defined before `seq`, or downsampling
     kids = [n for n, _ in top.named_children()]
     first, last = [], []
     for n, q in zip(params, parts):
@@ -188,8 +200,8 @@ def _cut_names(model: nn.Module, paths) -> list[str]:
     if isinstance(paths, (int, str)): paths = [paths]
     paths = list(paths)
     if len(paths) > 1 and all(isinstance(x, int) and not isinstance(x, bool) for x in paths):
-        raise ValueError(f"split_at({paths}) is ambiguous: write {[paths]} for one cut at index path {paths}, "
-                         f"or {[[x] for x in paths]} for {len(paths)} cuts")
+        raise ValueError(f"split_at({paths}) is ambiguous: write {[paths]} for one cut at index path "
+                         f"{paths}, or {[[x] for x in paths]} for {len(paths)} cuts")
     v = view(model)
     out = []
     for path in paths:
@@ -203,12 +215,15 @@ def _cut_names(model: nn.Module, paths) -> list[str]:
 
 
 def split_at(model, paths, head=None) -> list[list[nn.Parameter]]:
-    "Layer groups of `model` cut before each module in `paths` (index paths like `[4]`, dotted names like `'layer2'`)"
+    "Layer groups of `model` cut before each module in `paths`"
+    # paths: index paths like `[4]`, dotted names like `'layer2'`
     p = _plan(model, head) if head is not None else None
     ix = p.index if p else model.index if isinstance(model, Plan) else Index(as_model(model))
     cuts = _cut_names(ix.model, paths)
-    if not cuts: raise ValueError("split_at needs at least one cut: an index path like [4] or a dotted name like 'layer2'")
-    heads = {n for b in p.head for n in b.params} if p else set()  # with `head=`, the plan's head group is last
+    if not cuts: raise ValueError("split_at needs at least one cut: an index path like [4] "
+                                  "or a dotted name like 'layer2'")
+    # with `head=`, the plan's head group is last
+    heads = {n for b in p.head for n in b.params} if p else set()
     seq = [n for n in ix.sequence if n not in heads]
     at = {n: i for i, n in enumerate(seq)}
     bounds = sorted({_cut_at(ix, c, at) for c in cuts})
@@ -216,13 +231,14 @@ def split_at(model, paths, head=None) -> list[list[nn.Parameter]]:
     starts = ['the start'] + [repr(c) for c in cuts]
     empty = [f'{s} to the next cut' for g, s in zip(groups, starts) if not g]
     if empty or len(bounds) < len(set(cuts)):
-        raise GroupError(f"cuts at {cuts} leave empty groups; cut only where parameters follow, in forward order")
+        raise GroupError(f"cuts at {cuts} leave empty groups; "
+                         "cut only where parameters follow, in forward order")
     tail = [n for n in ix.weights if n not in at]
     return _to_params(Plan(ix.model, [], 'at', ix), groups + ([tail] if tail else []))  # `tail`: the head
 
 
 def _cut_at(ix: Index, cut: str, at: dict[str, int]) -> int:
-    "Where cut `cut` falls in the sequence: its first parameter, or the first defined after it when it holds none"
+    "Where `cut` falls in the sequence: its first parameter, or the first defined after it when it holds none"
     inside = [at[n] for n in ix.weights if under(n, cut) and n in at]
     if inside: return min(inside)
     pos = {n: i for i, (n, _) in enumerate(ix.modules)}

@@ -14,7 +14,8 @@ from .generic import generic_blocks
 from .rules import apply_rules, head_modules
 from .timm import timm_blocks
 
-STRATEGIES = Registry('split strategy')  # name -> f(index, headless) -> list[Block] | None (None: does not apply)
+# name -> f(index, headless) -> list[Block] | None (None: does not apply)
+STRATEGIES = Registry('split strategy')
 STRATEGIES.register('timm')(timm_blocks)
 STRATEGIES.register('generic')(generic_blocks)
 
@@ -24,12 +25,13 @@ class StrategyError(ValueError):
 
 
 def plan(model, strategy: str | None = None, input_size: Sequence[int] | None = None, head=None) -> Plan:
-    """The ordered blocks of `model` (a module, wrapped or not, or an arch name) from the first strategy that applies.
+    """The ordered blocks of `model` from the first strategy that applies.
 
     Args:
+        model: a module, wrapped or not, or an arch name.
         strategy: a name in `STRATEGIES` ('timm', 'generic'); by default the first that applies.
-        input_size: the input of the forward pass on meta that orders the blocks (default: the arch's own size,
-            else one fitted to its first layer).
+        input_size: the input of the forward pass on meta that orders the blocks
+            (default: the arch's own size, else one fitted to its first layer).
         head: module names or index paths that belong to the head group, beside those the rules find.
     """
     if isinstance(model, Plan): return model
@@ -37,7 +39,8 @@ def plan(model, strategy: str | None = None, input_size: Sequence[int] | None = 
     v, ix = view(model), Index(model, input_size)
     body = ix if v.body is model else Index(v.body, trace=ix.trace and ix.trace.within(v.prefix))
     blocks, s = _strategy_blocks(body, v, strategy)
-    blocks = [Block([v.prefix + p for p in b.params], [v.prefix + m if m else v.prefix.rstrip('.') for m in b.modules],
+    blocks = [Block([v.prefix + p for p in b.params],
+                    [v.prefix + m if m else v.prefix.rstrip('.') for m in b.modules],
                     b.role, b.stage, b.whole) for b in blocks]
     if v.head is not None: blocks = _add_head(blocks, ix, v.head)
     return Plan(model, apply_rules(blocks, ix, head_modules(model, head)), s, ix)

@@ -35,12 +35,13 @@ def head_modules(model, head) -> list[str]:
     "Dotted names of the modules `head` names: one module name or index path, or a list of them"
     if head is None: return []
     paths = [head] if isinstance(head, (int, str)) else list(head)
-    if paths and all(isinstance(x, int) and not isinstance(x, bool) for x in paths): paths = [paths]  # one index path
+    if paths and all(isinstance(x, int) and not isinstance(x, bool) for x in paths):
+        paths = [paths]  # one index path
     return [find_module(model, p)[0] for p in paths]
 
 
 def apply_rules(blocks: list[Block], ix: Index, head: list[str] = ()) -> list[Block]:
-    "`blocks` after the rules: the head (given and found), forward order, embeddings in the stem, norms with layers"
+    "`blocks` after the rules: head (given and found), forward order, embeddings in stem, norms with layers"
     forced = [n for n in ix.weights if any(under(n, h) for h in head)]  # the user's word is last
     if ix.trace is None: return _to_head(blocks, forced, ix)
     blocks = _to_head(blocks, _after_backbone(blocks, ix), ix)
@@ -77,16 +78,19 @@ def _to_head(blocks: list[Block], names: list[str], ix: Index) -> list[Block]:
 
 
 def _after_backbone(blocks: list[Block], ix: Index) -> list[str]:
-    "Rule 2: parameters first used on pooled features (unless no backbone was seen), and unused auxiliary classifiers"
+    "Rule 2: parameters first used on pooled features, and unused auxiliary classifiers"
+    # those on pooled features only when a backbone was seen
     late = set(ix.trace.late)
     body = [p for b in blocks if b.role != 'head' for p in b.params if p in ix.rank]
-    aux = [p for p in ix.weights if p not in ix.rank and any(x.lower().startswith('aux') for x in p.split('.')[:-1])]
+    aux = [p for p in ix.weights
+           if p not in ix.rank and any(x.lower().startswith('aux') for x in p.split('.')[:-1])]
     return aux + ([] if all(p in late for p in body) else [p for p in ix.weights if p in late])
 
 
 def _final_norm(blocks: list[Block], ix: Index) -> list[Block]:
     "Rule 5: norms leading the head that still run on the feature map join the last body block"
-    body, heads, rank = [b for b in blocks if b.role != 'head'], [b for b in blocks if b.role == 'head'], ix.rank
+    body, heads = [b for b in blocks if b.role != 'head'], [b for b in blocks if b.role == 'head']
+    rank = ix.rank
     if not body or not heads or ix.trace.head_from is None: return blocks
     mods, early = dict(ix.modules), []
     for p in sorted((p for b in heads for p in b.params if p in rank), key=rank.get):
@@ -101,7 +105,8 @@ def _forward_order(blocks: list[Block], rank: dict[str, int]) -> list[Block]:
     body, head = [b for b in blocks if b.role != 'head'], [b for b in blocks if b.role == 'head']
     keys, prev = [], -1
     for b in body:
-        prev = min((rank[p] for p in b.params if p in rank), default=prev)  # an unused block stays behind the last
+        # an unused block stays behind the last
+        prev = min((rank[p] for p in b.params if p in rank), default=prev)
         keys.append(prev)
     runs = []
     for b, k in zip(body, keys):
@@ -118,22 +123,24 @@ def _forward_order(blocks: list[Block], rank: dict[str, int]) -> list[Block]:
 
 
 def in_forward_order(blocks: list[Block], ix: Index) -> list[Block]:
-    "Rule 1, last: each used parameter joins the last block that starts (first use) at or before its own first use"
+    "Rule 1, last: each used parameter joins the last block whose first use is at or before its own"
     rank = ix.rank
     starts = [min((rank[p] for p in b.params if p in rank), default=None) for b in blocks]
     anchors = [(r, i) for i, r in enumerate(starts) if r is not None]
-    if [r for r, _ in anchors] != sorted(r for r, _ in anchors): return blocks  # blocks out of order: nothing to anchor on
+    # blocks out of order: nothing to anchor on
+    if [r for r, _ in anchors] != sorted(r for r, _ in anchors): return blocks
     keys, moves = [r for r, _ in anchors], {}
     for b in blocks:
         for p in b.params:
             to = blocks[anchors[bisect.bisect_right(keys, rank[p]) - 1][1]] if p in rank else b
             if to is not b: moves.setdefault(id(to), (to, []))[1].append(p)
-    for to, names in moves.values(): blocks = _move(names, to, blocks, ix)  # an anchor keeps its first parameter
+    # an anchor keeps its first parameter
+    for to, names in moves.values(): blocks = _move(names, to, blocks, ix)
     return blocks
 
 
 def _embeddings_in_stem(blocks: list[Block], ix: Index) -> list[Block]:
-    "Rule 4: tokens held above the blocks (by a module with children) and used before the first body block: stem"
+    "Rule 4: tokens held above the blocks (by a module with children), used before the first body block: stem"
     body, rank, mods = [b for b in blocks if b.role != 'head'], ix.rank, dict(ix.modules)
     if not body: return blocks
     loose = lambda p: any(True for _ in mods[owner(p)].children())
@@ -155,7 +162,8 @@ def norms_with_layers(blocks: list[Block], ix: Index) -> list[Block]:
         to = where.get(lps[0]) if lps else None
         move = [p for p in nps if where[p] is not to]
         if to is None or not move: continue
-        after = blocks[blocks.index(to) + 1:]  # a layer shared with an earlier place: moving would break forward order
+        # a layer shared with an earlier place: moving would break forward order
+        after = blocks[blocks.index(to) + 1:]
         if min((rank[q] for b in after for q in b.params if q in rank and q not in move), default=len(rank)) \
                 < min(rank.get(p, len(rank)) for p in move): continue
         blocks = _move(move, to, blocks, ix)

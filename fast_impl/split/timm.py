@@ -1,4 +1,4 @@
-"The timm strategy: blocks from a model's own `group_matcher` (fine groups as blocks, coarse groups as stages)."
+"The timm strategy: blocks from a model's own `group_matcher` (fine groups as blocks, coarse ones as stages)."
 from __future__ import annotations
 
 __all__ = ['timm_blocks']
@@ -26,12 +26,14 @@ def _compile(spec) -> list | Callable:
     out = []
     for i, (_, m) in enumerate(spec.items()):
         if m is None: continue
-        for rx, suf in (m if isinstance(m, (tuple, list)) else [(m, None)]): out.append((re.compile(rx), (i,), suf))
+        for rx, suf in (m if isinstance(m, (tuple, list)) else [(m, None)]):
+            out.append((re.compile(rx), (i,), suf))
     return out
 
 
 def _match(names: list[str], spec) -> list[tuple[list[str], bool]]:
-    "timm's `group_with_matcher`: groups of `names` in ordinal order, each with whether it is the unmatched rest"
+    "timm's `group_with_matcher`: groups of `names` in ordinal order"
+    # each with whether it is the unmatched rest
     matcher, by = _compile(spec), {}
     for n in names: by.setdefault(_ordinal(n, matcher), []).append(n)
     groups = []
@@ -50,7 +52,7 @@ def _sane(groups: list[list[str]], w: dict[str, int], head: set[str]) -> bool:
 
 
 def timm_blocks(ix: Index, headless: bool) -> list[Block] | None:
-    "Blocks from timm's `group_matcher`: fine groups as blocks, coarse groups as stages, when the coarse ones are sane"
+    "Blocks from timm's `group_matcher`: fine groups as blocks, coarse ones as stages, when those are sane"
     body = ix.model
     gm = getattr(body, 'group_matcher', None)
     if not callable(gm): return None
@@ -71,15 +73,18 @@ def timm_blocks(ix: Index, headless: bool) -> list[Block] | None:
 
 
 def _stem_backbone(blocks: list[Block], ix: Index) -> list[Block]:
-    "Rule 6 for hybrids: a stem over 10% of the parameters that holds a whole CNN (`patch_embed.backbone`) is cut into its stages"
+    "Rule 6 for hybrids: a stem over 10% of the parameters that holds a whole CNN is cut into its stages"
+    # the CNN: such as `patch_embed.backbone`
     stem, w = [b for b in blocks if b.stage == 0], ix.weights
     names = [n for b in stem for n in b.params]
     if sum(w[n] for n in names) * 10 <= sum(w.values()): return blocks
     mods = dict(ix.modules)
     cands = [m for m in dict.fromkeys(owner(n) for n in names) if m]
     subs = {a for m in cands for a in _ancestors(m)}
-    sub = max(subs, key=lambda a: (sum(w[n] for n in names if n.startswith(a + '.')), -a.count('.')), default=None)
-    if sub is None or sum(w[n] for n in names if n.startswith(sub + '.')) * 2 < sum(w[n] for n in names): return blocks
+    sub = max(subs, key=lambda a: (sum(w[n] for n in names if n.startswith(a + '.')), -a.count('.')),
+              default=None)
+    if sub is None or sum(w[n] for n in names if n.startswith(sub + '.')) * 2 < sum(w[n] for n in names):
+        return blocks
     sub = _model_like(sub, mods)
     if sub is None: return blocks
     from .generic import generic_blocks
@@ -114,10 +119,12 @@ def _model_like(name: str, mods: dict) -> str | None:
 
 
 def _pre_head(blocks: list[Block], ix: Index, head: set[str]) -> list[Block]:
-    "Layers with weight matrices leading timm's unmatched rest (`conv_head`, `pre_logits`) run before the classifier: a body block"
+    "Layers with weight matrices leading timm's unmatched rest run before the classifier: a body block"
+    # such layers: `conv_head`, `pre_logits`
     mats = {owner(n) for n, p in ix.params if p.ndim >= 2}
     outs = {m.out_features for c in classifiers(ix.model) for m in c.modules() if isinstance(m, nn.Linear)}
-    mats -= {n for n, m in ix.modules if isinstance(m, nn.Linear) and m.out_features in outs}  # aux heads
+    # aux heads
+    mats -= {n for n, m in ix.modules if isinstance(m, nn.Linear) and m.out_features in outs}
     out = []
     for b in blocks:
         pre = []
@@ -125,7 +132,8 @@ def _pre_head(blocks: list[Block], ix: Index, head: set[str]) -> list[Block]:
             if n in head or owner(n) not in mats: break
             pre.append(n)
         tops = {n.split('.')[0] for n in pre}
-        pre = list(itertools.takewhile(lambda n: n.split('.')[0] in tops and n not in head, b.params)) if pre else []
+        pre = (list(itertools.takewhile(lambda n: n.split('.')[0] in tops and n not in head, b.params))
+               if pre else [])
         if pre and len(pre) < len(b.params):
             out.append(Block(pre, span(pre), 'body', out[-1].stage if out else b.stage))
             b.params = b.params[len(pre):]

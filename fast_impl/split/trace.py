@@ -1,7 +1,9 @@
-"Forward order: which parameters a forward pass uses first, on meta copies (nothing allocated, the model untouched)."
+"Forward order: which parameters a forward pass uses first, on meta copies."
+# On meta copies nothing is allocated and the model is untouched.
 from __future__ import annotations
 
-__all__ = ['Trace', 'trace', 'guess_input_size', 'first_use_order', 'meta_order', 'run_order', 'is_norm', 'input_sizes']
+__all__ = ['Trace', 'trace', 'guess_input_size', 'first_use_order', 'meta_order', 'run_order', 'is_norm',
+           'input_sizes']
 
 import itertools, warnings
 from contextlib import ExitStack
@@ -15,8 +17,9 @@ from torch import nn
 from ..tree import copy_to, eval_mode
 from .blocks import as_model
 
-_META_FUNCS = {'__get__', 'dim', 'size', 'numel', 'ndimension', 'nelement', 'is_floating_point', 'element_size',
-               'is_contiguous', 'stride', 'data_ptr', 'requires_grad_', '__len__', 'type', 'get_device'}
+_META_FUNCS = {'__get__', 'dim', 'size', 'numel', 'ndimension', 'nelement', 'is_floating_point',
+               'element_size', 'is_contiguous', 'stride', 'data_ptr', 'requires_grad_', '__len__', 'type',
+               'get_device'}
 
 
 class _FirstUse(torch.overrides.TorchFunctionMode):
@@ -39,16 +42,18 @@ class _FirstUse(torch.overrides.TorchFunctionMode):
 F = torch.nn.functional
 _NORM_FNS = {F.batch_norm, F.group_norm, F.instance_norm}
 _ROW_NORM_FNS = {F.layer_norm, getattr(F, 'rms_norm', F.layer_norm)}
-_UNARY_FNS = {F.relu, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.relu6, F.leaky_relu, F.elu, F.mish, F.dropout,
-              torch.sigmoid, torch.tanh, torch.Tensor.sigmoid, torch.Tensor.tanh, torch.Tensor.softmax, F.softmax}
+_UNARY_FNS = {F.relu, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.relu6, F.leaky_relu, F.elu, F.mish,
+              F.dropout, torch.sigmoid, torch.tanh, torch.Tensor.sigmoid, torch.Tensor.tanh,
+              torch.Tensor.softmax, F.softmax}
 _BINARY_FNS = {torch.add, torch.mul, torch.sub, torch.Tensor.add, torch.Tensor.mul, torch.Tensor.sub,
-               torch.Tensor.__add__, torch.Tensor.__mul__, torch.Tensor.__sub__, torch.Tensor.__radd__, torch.Tensor.__rmul__}
+               torch.Tensor.__add__, torch.Tensor.__mul__, torch.Tensor.__sub__, torch.Tensor.__radd__,
+               torch.Tensor.__rmul__}
 _MEAN_FNS = {torch.mean, torch.Tensor.mean}
 _INPLACE_FNS = {torch.Tensor.add_, torch.Tensor.mul_, torch.Tensor.__iadd__, torch.Tensor.__imul__}
 
 
 def _shortcut(func, args, kwargs):
-    "The output of a common op on meta tensors, made directly from its shape rule; None where the rule may not hold"
+    "Output of a common op on meta tensors, made directly from its shape rule; None where it may not hold"
     x = args[0] if args else None
     if not (isinstance(x, torch.Tensor) and x.is_meta): return None
     if func in _ROW_NORM_FNS: return torch.empty(x.shape, dtype=x.dtype, device='meta')  # always contiguous
@@ -58,13 +63,16 @@ def _shortcut(func, args, kwargs):
     if func in _MEAN_FNS: return _reduced(x, args, kwargs)
     if not x.is_contiguous(): return None
     if func is F.interpolate: return _resized(x, args, kwargs)
-    if func is F.dropout and not kwargs.get('training', True): return x  # as torch: the input itself, in eval mode
+    # as torch: the input itself, in eval mode
+    if func is F.dropout and not kwargs.get('training', True): return x
     if func in _NORM_FNS or func in _UNARY_FNS: return x if kwargs.get('inplace') else torch.empty_like(x)
-    if func is F.linear and len(args) > 1 and args[1].ndim == 2 and x.ndim and x.shape[-1] == args[1].shape[1]:
+    if (func is F.linear and len(args) > 1 and args[1].ndim == 2
+            and x.ndim and x.shape[-1] == args[1].shape[1]):
         return torch.empty(*x.shape[:-1], args[1].shape[0], dtype=x.dtype, device='meta')
     if func in _BINARY_FNS or func in _INPLACE_FNS:
         y = args[1] if len(args) > 1 else None
-        if kwargs or not (isinstance(y, (int, float)) or isinstance(y, torch.Tensor) and y.is_meta and y.is_contiguous()):
+        if kwargs or not (isinstance(y, (int, float))
+                          or isinstance(y, torch.Tensor) and y.is_meta and y.is_contiguous()):
             return None
         shape = torch.broadcast_shapes(x.shape, y.shape) if isinstance(y, torch.Tensor) else x.shape
         if func in _INPLACE_FNS: return x if shape == x.shape else None
@@ -74,7 +82,8 @@ def _shortcut(func, args, kwargs):
 
 def _pair(v) -> tuple[int, int] | None:
     if isinstance(v, int): return (v, v)
-    return tuple(v) if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v) else None
+    two_ints = isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v)
+    return tuple(v) if two_ints else None
 
 
 def _conv2d(x: torch.Tensor, args, kwargs) -> torch.Tensor | None:
@@ -83,8 +92,9 @@ def _conv2d(x: torch.Tensor, args, kwargs) -> torch.Tensor | None:
     a = {**dict(zip(names, args)), **kwargs}
     w, pad = a.get('weight'), a.get('padding', 0)
     s, d = _pair(a.get('stride', 1)), _pair(a.get('dilation', 1))
-    if not isinstance(w, torch.Tensor) or w.ndim != 4 or x.ndim != 4 or not x.is_contiguous() or not s or not d \
-            or x.shape[1] != w.shape[1] * a.get('groups', 1) or isinstance(pad, str) and pad != 'valid': return None
+    if (not isinstance(w, torch.Tensor) or w.ndim != 4 or x.ndim != 4 or not x.is_contiguous()
+            or not s or not d or x.shape[1] != w.shape[1] * a.get('groups', 1)
+            or isinstance(pad, str) and pad != 'valid'): return None
     p = (0, 0) if pad == 'valid' else _pair(pad)
     if p is None: return None
     hw = [(x.shape[2 + i] + 2 * p[i] - d[i] * (w.shape[2 + i] - 1) - 1) // s[i] + 1 for i in (0, 1)]
@@ -93,9 +103,11 @@ def _conv2d(x: torch.Tensor, args, kwargs) -> torch.Tensor | None:
 
 def _reduced(x: torch.Tensor, args, kwargs) -> torch.Tensor | None:
     "`x.mean(dim, keepdim)`'s output for whole dimensions given as ints"
-    dim, keep = kwargs.get('dim', args[1] if len(args) > 1 else None), kwargs.get('keepdim', args[2] if len(args) > 2 else False)
+    dim = kwargs.get('dim', args[1] if len(args) > 1 else None)
+    keep = kwargs.get('keepdim', args[2] if len(args) > 2 else False)
     dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, (tuple, list)) else None
-    if not dims or set(kwargs) - {'dim', 'keepdim'} or not all(isinstance(i, int) and -x.ndim <= i < x.ndim for i in dims):
+    if (not dims or set(kwargs) - {'dim', 'keepdim'}
+            or not all(isinstance(i, int) and -x.ndim <= i < x.ndim for i in dims)):
         return None
     dims = {i % x.ndim for i in dims}
     shape = [1 if i in dims else n for i, n in enumerate(x.shape) if keep or i not in dims]
@@ -139,10 +151,13 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, getattr(nn
 
 
 def is_norm(m: nn.Module) -> bool:
-    "True for a norm layer: vectors of its own (a scale, a shift) and no child with parameters; torch's or any `*Norm*`"
+    "True for a norm layer: vectors of its own (a scale, a shift) and no child with parameters"
+    # torch's norms, or any class named `*Norm*`
     own = list(m.parameters(recurse=False))
-    if not own or any(p.ndim > 1 for p in own) or any(True for c in m.children() for _ in c.parameters()): return False
-    return isinstance(m, _NORMS) or 'Norm' in type(m).__name__  # timm's BatchNormAct2d, LayerNorm2d, RmsNorm, ...
+    if not own or any(p.ndim > 1 for p in own) or any(True for c in m.children() for _ in c.parameters()):
+        return False
+    # timm's BatchNormAct2d, LayerNorm2d, RmsNorm, ...
+    return isinstance(m, _NORMS) or 'Norm' in type(m).__name__
 
 
 def _is_layer(m: nn.Module) -> bool:
@@ -159,18 +174,21 @@ def _first_tensor(x):
 
 @dataclass
 class Trace:
-    "What one eval forward pass on meta showed: parameters by first use, where the head starts, norms and map sizes"
+    "What one eval forward pass on meta showed: parameters by first use, head start, norms and map sizes"
     order: list[str]  # parameter names by first use (unused ones left out)
-    head_from: int | None  # position in `order` of the first parameter used after the last op on a feature map
-    norm_of: dict[str, str] = field(default_factory=dict)  # norm module -> the conv/linear whose output it takes
-    size: dict[str, tuple[int, ...]] = field(default_factory=dict)  # layer on a map -> its output's positions (H, W)
+    # position in `order` of the first parameter used after the last op on a feature map
+    head_from: int | None
+    # norm module -> the conv/linear whose output it takes
+    norm_of: dict[str, str] = field(default_factory=dict)
+    # layer on a map -> its output's positions (H, W)
+    size: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @cached_property
     def rank(self) -> dict[str, int]: return {n: i for i, n in enumerate(self.order)}
 
     @property
     def late(self) -> list[str]:
-        "Parameters first used after the last op on a feature map (on pooled features): none if there was no map"
+        "Parameters first used after the last op on a feature map (on pooled features): none without a map"
         return [] if self.head_from is None else self.order[self.head_from:]
 
     def within(self, prefix: str) -> Trace:
@@ -179,12 +197,14 @@ class Trace:
                          if k.startswith(prefix) and (not isinstance(v, str) or v.startswith(prefix))}
         order = [n[len(prefix):] for n in self.order if n.startswith(prefix)]
         late = set(self.late)
-        head_from = next((i for i, n in enumerate(order) if prefix + n in late), None if self.head_from is None else len(order))
+        head_from = next((i for i, n in enumerate(order) if prefix + n in late),
+                         None if self.head_from is None else len(order))
         return Trace(order, head_from, cut(self.norm_of), cut(self.size))
 
 
 class _Links:
-    "Forward hooks: each norm linked to the layer whose output it is the first to take; each layer's output size on a map"
+    "Forward hooks: each norm linked to the layer whose output it is the first to take"
+    # and each layer's output size on a map
     def __init__(self, batch: int):
         self.outs, self.norm_of, self.size, self.batch = {}, {}, {}, batch
 
@@ -196,7 +216,8 @@ class _Links:
             elif is_norm(m): stack.enter_context(_removing(m.register_forward_pre_hook(self._norm(name))))
 
     def _take(self, mod, args):
-        "A layer takes its input: a norm that takes the same tensor later does not normalise that layer's output alone"
+        "A layer takes its input"
+        # a norm that takes the same tensor later does not normalise that layer's output alone
         t = _first_tensor(args)
         if t is not None and id(t) in self.outs: self.outs[id(t)] = (None, t)
 
@@ -206,9 +227,11 @@ class _Links:
         def hook(mod, args, out):
             t, x = _first_tensor(out), _first_tensor(args)
             if t is None: return
-            self.outs.setdefault(id(t), (name, t))  # the tensor is kept, so its id is not reused during the pass
+            # the tensor is kept, so its id is not reused during the pass
+            self.outs.setdefault(id(t), (name, t))
             if name in self.size or x is None or not _is_map(x, self.batch) or t.ndim < 3: return
-            if not first: self.size[name] = tuple(t.shape[1:-1])  # positions: tokens, or pixels of a channels-last map
+            if not first:
+                self.size[name] = tuple(t.shape[1:-1])  # positions: tokens, or pixels of a channels-last map
             elif len(k) == 2: self.size[name] = tuple(t.shape[2:])
         return hook
 
@@ -230,10 +253,12 @@ class _removing:
 
 
 def input_sizes(model: nn.Module, input_size: Sequence[int] | None = None) -> list[tuple[int, ...]]:
-    "Input sizes to try: the one given, else the arch's own, then sizes fitted to its first conv (else linear) layer"
+    "Input sizes to try: the one given, else the arch's own, then sizes fitted to its first layer"
+    # its first layer: the first conv, else the first linear
     if input_size: return [tuple(input_size)]
     sizes = [guess_input_size(model)]
-    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)  # images meet a conv
+    # images meet a conv
+    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
     first = first or next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
     if isinstance(first, nn.modules.conv._ConvNd):
         dims = len(first.kernel_size)
@@ -243,9 +268,11 @@ def input_sizes(model: nn.Module, input_size: Sequence[int] | None = None) -> li
 
 
 def trace(model: nn.Module, input_size: Sequence[int] | None = None) -> Trace | None:
-    "A `Trace` of an eval forward pass of a meta copy of `model` (batch of 2), or None when no input size works"
-    m = model if all(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())) else copy_to(model, 'meta')
-    for fast in (True, False):  # the shortcuts are exact on the ops they take; if every size fails, retry without them
+    "A `Trace` of an eval forward pass of a meta copy of `model` (batch of 2), None if no input size works"
+    all_meta = all(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+    m = model if all_meta else copy_to(model, 'meta')
+    # the shortcuts are exact on the ops they take; if every size fails, retry without them
+    for fast in (True, False):
         for size in input_sizes(model, input_size):
             try: return _record(m, torch.zeros(2, *size[1:], device='meta'), fast)
             except Exception: continue
@@ -280,15 +307,17 @@ def guess_input_size(model: nn.Module) -> tuple[int, ...]:
 
 
 def first_use_order(model, input_size: Sequence[int] | None = None, device=None) -> list[str]:
-    "Dotted names of the parameters of `model` in the order a forward pass (eval mode) first uses them; unused ones left out"
+    "Dotted names of the parameters of `model` in the order a forward pass (eval mode) first uses them"
+    # unused ones are left out
     model = as_model(model)
     device = device or next(iter(model.parameters()), torch.empty(0, device='meta')).device
     return run_order(model, torch.zeros(*(input_size or guess_input_size(model)), device=device))
 
 
 def meta_order(model: nn.Module) -> list[str]:
-    "`first_use_order` of a copy of `model` with its parameters and buffers on meta: `model` itself is not touched"
-    m = model if all(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())) else copy_to(model, 'meta')
+    "`first_use_order` of a copy of `model` with its parameters and buffers on meta: `model` itself untouched"
+    all_meta = all(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+    m = model if all_meta else copy_to(model, 'meta')
     return run_order(m, torch.zeros(*guess_input_size(model), device='meta'))
 
 
