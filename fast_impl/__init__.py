@@ -15,7 +15,7 @@ _API = {
               'first_use_order', 'order_violations'],
     'learner': ['discriminative_learner', 'no_decay_params'],
     'lr': ['layer_decay'],
-    'data': ['digits_dls', 'digits_images'],
+    'data': ['digits_dls', 'digits_images', 'cifar10_dls'],
     'models': None,
 }
 _WHERE = {name: mod for mod, names in _API.items() if names for name in names}
