@@ -5,11 +5,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo nbs bench clean
+.PHONY: test demo nbs docs bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,docs]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -23,10 +23,16 @@ demo: $(STAMP)
 nbs: $(STAMP)
 	$(PY) tools/run_nbs.py --inplace nbs
 
+# the documentation site in _docs/ from the notebooks' stored outputs and the docstrings (mkdocs.yml);
+# fails, naming it, on a notebook that raised or was never run
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --clean
+	@echo "open _docs/index.html (for search, serve it: $(PY) -m http.server -d _docs)"
+
 bench: $(STAMP)
 	$(PY) bench/summary_bench.py
 	$(PY) bench/split_registry.py
 	$(PY) bench/transfer.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache _docs
