@@ -1,72 +1,27 @@
 "fastai integration (the only module importing fastai): discriminative Learners, layer decay, no-decay policy, group reports."
 from __future__ import annotations
 
-__all__ = ['discriminative_learner', 'DiscriminativeLearner', 'build_model', 'classifier_name',
-           'set_classifier', 'load_body', 'arch_stats', 'layer_decay', 'no_decay_params', 'is_norm', 'GroupsReport']
+__all__ = ['discriminative_learner', 'DiscriminativeLearner', 'GroupStats', 'build_model', 'classifier_name',
+           'set_classifier', 'load_body', 'arch_stats', 'layer_decay', 'no_decay_params', 'is_norm', 'group_labels']
 
 import difflib, functools, inspect, os, re, warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from fastcore.basics import patch
 from fastcore.meta import delegates
+from fastai.callback.core import Callback
 from fastai.learner import Learner
 import fastai.callback.schedule, fastai.callback.progress  # noqa: F401  (fit_one_cycle, fine_tune, progress bars)
-from fastai.torch_core import norm_types
 from fastai.vision.core import imagenet_stats
 
 from .lr import check_lrs, layer_decay  # noqa: F401  (layer_decay: re-exported from the light `lr` module)
-from .render import Report, fmt_int, html_table, pretty_table
+from .optim import GroupTracker, group_rates, is_norm, no_decay_params, plot_group_stats  # noqa: F401  (fastai-free)
 from .resolve import arch_name, check_pretrained, read_weights, resolve
-from .split import check_groups, splitter
-from .split.rules import head_modules
+from .split import check_groups, group_table, named_groups, splitter
+from .split.table import GroupTable
 from .tree import unwrap
-
-# ---------------------------------------------------------------- norm and weight-decay policy
-
-_NORMS = norm_types + (nn.GroupNorm, nn.LocalResponseNorm, getattr(nn, 'RMSNorm', nn.GroupNorm), nn.SyncBatchNorm)
-_NO_WD_NAME = re.compile(r'(^|\.)((cls|class|dist|reg|register|mask)_?tokens?|pos_?embed\w*|pos_?embedding\w*|'
-                         r'absolute_pos_embed|relative_position_bias_table|gamma(_\d)?|layer_?scale\w*)$')
-
-
-def is_norm(m: nn.Module) -> bool:
-    "True for a norm layer: fastai's list, GroupNorm, RMSNorm, any `*Norm*` class holding parameters (timm norm-act)"
-    if isinstance(m, _NORMS): return True
-    if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)): return False
-    return 'Norm' in type(m).__name__ and next(m.parameters(recurse=False), None) is not None
-
-
-def _is_scale(m: nn.Module) -> bool:
-    "True for a layer-scale module (timm `LayerScale`, `LayerScale2d`, MetaFormer `Scale`)"
-    return re.search(r'Scale(2d)?$', type(m).__name__) is not None
-
-
-def _timm_no_wd(model: nn.Module) -> set[str]:
-    "Full dotted names listed by every `no_weight_decay()` method in `model` (timm)"
-    names = set()
-    for prefix, m in model.named_modules():
-        f = getattr(m, 'no_weight_decay', None)
-        if not callable(f): continue
-        try: listed = f()
-        except Exception: continue
-        names |= {f'{prefix}.{n}' if prefix else n for n in listed}
-    return names
-
-
-def no_decay_params(model: nn.Module, with_bias: bool = True) -> list[nn.Parameter]:
-    "Parameters of `model` without weight decay, trained while frozen: norms, layer scales, tokens, timm's `no_weight_decay()`"
-    # with_bias: also every bias (fastai's `norm_bias_params` contract: True for weight decay, False for train_bn)
-    model = unwrap(model)
-    listed = _timm_no_wd(model)
-    special = {n for n, m in model.named_modules() if is_norm(m) or _is_scale(m)}
-    res = []
-    for name, p in model.named_parameters():
-        owner, _, leaf = name.rpartition('.')
-        if (owner in special or _NO_WD_NAME.search(name) or name in listed or any(name.startswith(n + '.') for n in listed)
-                or (with_bias and (leaf == 'bias' or leaf.endswith('_bias')))): res.append(p)
-    return res
 
 # ---------------------------------------------------------------- building the model
 
@@ -194,10 +149,12 @@ class DiscriminativeLearner(Learner):
                           "split the model with groups='stages', an int, or cuts", stacklevel=2)
         super().freeze_to(n)
 
+    _phased = False  # in gradual_unfreeze: frozen groups are meant
+
     def _check(self, name: str, lr):
         "Raise on a non-positive or non-finite rate; warn (once per fit) on per-group rates for frozen groups"
         check_lrs(lr, f'{name} learning rate')
-        if not _per_group(lr): return
+        if not _per_group(lr) or self._phased: return
         if self.opt is None: self.create_opt()
         frozen, n = getattr(self.opt, 'frozen_idx', 0), self.n_groups
         if not frozen: return
@@ -206,6 +163,31 @@ class DiscriminativeLearner(Learner):
                       f"{trains} and their rates are unused: call learn.unfreeze() first, or use "
                       f"learn.fine_tune(...)",
                       stacklevel=3)
+
+    def gradual_unfreeze(self, epochs: int = 1, lr_max: float = 1e-3, decay: float | None = None, step: int = 1,
+                         **kwargs):
+        """ULMFiT's gradual unfreezing: train the head group, then unfreeze `step` more groups at a time from the
+        top, one `fit_one_cycle(epochs)` per phase, ending with every group trained. Each group's rate: `lr_max`
+        at the head, `decay` times the next group's (None: geometric from `lr_max/10`, as `slice(lr_max/10,
+        lr_max)`). `kwargs` go to `fit_one_cycle`. The logger shows each phase."""
+        n = self.n_groups
+        if n < 2:
+            raise ValueError(f"gradual_unfreeze needs 2 or more layer groups to unfreeze one by one; this Learner "
+                             f"has {n}: build it with groups='stages', 'blocks' or a number")
+        for v, what in ((epochs, 'epochs'), (step, 'step')):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{what} must be a whole number >= 1; got {v!r}")
+        lrs = np.array(group_rates(lr_max, n, decay))
+        starts = list(range(n - 1, 0, -step)) + [0]
+        names = group_labels(self)
+        for k, at in enumerate(starts):
+            self.freeze_to(at)
+            trained = names[at] if at == n - 1 else f'{names[at]} .. {names[-1]}'
+            self.logger(f'gradual unfreezing, phase {k + 1}/{len(starts)}: training {n - at} of {n} groups '
+                        f'({trained})')
+            self._phased = True
+            try: self.fit_one_cycle(epochs, lr_max=lrs, **kwargs)
+            finally: self._phased = False
 
     fit = _checked('fit', 'lr')
     fit_one_cycle = _checked('fit_one_cycle', 'lr_max')
@@ -220,28 +202,11 @@ def n_groups(self: Learner) -> int:
     return len(_as_groups(self.splitter(self.model)))
 
 
-_STRATEGIES = ('stages',)
-_GROUPS_HELP = ("groups takes 'stages', a number of groups, cut paths such as ['layer2', 'layer4'], "
-                "or a splitter function")
-
-
 def _splitter(groups, model: nn.Module, head=None):
-    "A splitter for `groups` ('stages', a number of groups, cut paths, or a function) and `head`, checked on `model` now"
-    if callable(groups) and head is not None:
-        raise ValueError("head= applies to groups='stages', a number or cut paths; a splitter function makes its own head")
-    head_modules(unwrap(model), head)  # a bad head= is its own error, listing the valid children
-    try:
-        split = groups if callable(groups) else splitter(groups, head)
-        check_groups(unwrap(model), _as_groups(split(model)))
-    except (ValueError, KeyError, IndexError, TypeError) as e:
-        close = difflib.get_close_matches(groups, _STRATEGIES, n=1) if isinstance(groups, str) else []
-        close = [c for c in close if c != groups]
-        why = f"did you mean {close[0]!r}?" if close else (str(e.args[0]) if e.args else type(e).__name__)
-        err = type(e) if isinstance(e, (ValueError, TypeError, IndexError)) else ValueError  # KeyError quotes
-        shown = (getattr(groups, '__name__', None) if callable(groups) else None) or repr(groups)
-        name = type(unwrap(model)).__name__
-        raise err(f"groups={shown} does not split {name}: {why} ({_GROUPS_HELP})") from e
-    return split
+    "A splitter for `groups` ('stages', 'blocks', a number of groups, cut paths, or a function) and `head`, checked now"
+    split = groups if callable(groups) else None
+    named_groups(model, groups, head)  # one clear error for a bad groups= or head=
+    return split or splitter(groups, head)
 
 
 _OURS = {'self', 'dls', 'model', 'splitter'}  # Learner arguments that discriminative_learner sets itself
@@ -310,87 +275,37 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
 # ---------------------------------------------------------------- show_groups / plot_groups
 
 
-@dataclass
-class LearnerGroup:
-    "One layer group as the optimizer sees it"
-    group: int
-    first: str
-    last: str
-    tensors: int
-    params: int
-    trainable: int
-    lr: float
-    wd: float
-    no_wd: int
-    frozen: bool
-
-
-def _module_of(name: str) -> str:
-    "The module holding parameter `name` (the parameter's own name when the root holds it)"
-    return name.rpartition('.')[0] or name
-
-
-def _group_rows(learn: Learner) -> list[LearnerGroup]:
-    if learn.opt is None: learn.create_opt()
-    opt, names = learn.opt, {id(p): n for n, p in unwrap(learn.model).named_parameters()}
-    rows = []
-    for i, (ps, h) in enumerate(zip(opt.param_lists, opt.hypers)):
-        ns = [names.get(id(p), '?') for p in ps]
-        rows.append(LearnerGroup(i, _module_of(ns[0]) if ns else '', _module_of(ns[-1]) if ns else '', len(ps),
-                             sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad),
-                             float(h.get('lr', float('nan'))), float(h.get('wd', 0.)),
-                             sum(not opt.state[p].get('do_wd', True) for p in ps), i < getattr(opt, 'frozen_idx', 0)))
-    return rows
-
-
-class GroupsReport(Report):
-    "A Learner's layer groups: module range, parameters, share, LR, frozen, weight decay"
-    title = 'Layer groups'
-
-    def __init__(self, rows: list[LearnerGroup]): self.rows = rows
-
-    @property
-    def total(self) -> int: return sum(r.params for r in self.rows)
-
-    def to_df(self):
-        import pandas as pd
-        tot = self.total or 1
-        return pd.DataFrame([dict(group=r.group, modules=f'{r.first} .. {r.last}' if r.first != r.last else r.first,
-                                  tensors=r.tensors, params=r.params, pct=round(100 * r.params / tot, 1), lr=r.lr,
-                                  frozen=r.frozen, trainable=r.trainable, wd=r.wd, no_wd_tensors=r.no_wd)
-                             for r in self.rows])
-
-    HEADS = ['Group', 'Modules', 'Tensors', 'Params', '% of total', 'LR', 'Frozen', 'Trainable', 'WD',
-             'No-WD tensors']
-
-    def _cells(self) -> list[list]:
-        "The rows as the text and HTML tables show them (one set of headers and cells for both)"
-        tot = self.total or 1
-        span = lambda r: r.first if r.first == r.last else f'{r.first} .. {r.last}'
-        return [[r.group, span(r), r.tensors, fmt_int(r.params), f'{100 * r.params / tot:.1f}%',
-                 f'{r.lr:.3g}', 'yes' if r.frozen else 'no', fmt_int(r.trainable), f'{r.wd:g}',
-                 f'{r.no_wd}/{r.tensors}']
-                for r in self.rows]
-
-    def _footer(self) -> str: return f'Total params: {fmt_int(self.total)} in {len(self.rows)} groups'
-
-    def to_text(self) -> str: return f'{pretty_table(self.HEADS, self._cells())}\n{self._footer()}'
-
-    def _repr_html_(self) -> str:
-        return html_table(self.HEADS, self._cells(), self.title) + f'<p>{self._footer()}</p>'
+def group_labels(learn: Learner) -> list[str]:
+    "The name of each layer group of `learn` ('stem', 'stage 2', 'block 7', 'head'; 'group i' for other splitters)"
+    n = learn.n_groups
+    named = getattr(learn.splitter, 'named', None)
+    if callable(named):
+        names = [x for x, _ in named(learn.model)]
+        if len(names) == n: return names
+    return [f'group {i + 1}' for i in range(n)]
 
 
 @patch
-def show_groups(self: Learner) -> GroupsReport:
-    "A table of the optimizer's layer groups: module range, params, % of total, current LR, frozen, weight decay"
-    return GroupsReport(_group_rows(self))
+def show_groups(self: Learner) -> GroupTable:
+    "The layer groups as the optimizer sees them: names, module range, params, share, LR, frozen, weight decay"
+    if self.opt is None: self.create_opt()
+    opt = self.opt
+    groups = [list(ps) for ps in opt.param_lists]
+    t = group_table(unwrap(self.model), groups, lrs=[float(h.get('lr', float('nan'))) for h in opt.hypers],
+                    names=group_labels(self))
+    frozen = getattr(opt, 'frozen_idx', 0)
+    for r, ps, h in zip(t.rows, groups, opt.hypers):
+        r.frozen, r.wd = r.group < frozen, float(h.get('wd', 0.))
+        r.no_wd = sum(not opt.state[p].get('do_wd', True) for p in ps)
+    t.title = 'Layer groups'
+    return t
 
 
 @patch
 def plot_groups(self: Learner, figsize=(8, 3)):
     "A bar chart of parameters and learning rate per layer group; returns the matplotlib figure"
     import matplotlib.pyplot as plt
-    rows = _group_rows(self)
+    rows = self.show_groups().rows
     fig, (a, b) = plt.subplots(1, 2, figsize=figsize)
     x = [r.group for r in rows]
     a.bar(x, [r.params for r in rows], color=['tab:gray' if r.frozen else 'tab:blue' for r in rows])
@@ -399,3 +314,44 @@ def plot_groups(self: Learner, figsize=(8, 3)):
     b.set(title='learning rate', xlabel='group', yscale='log')
     fig.tight_layout()
     return fig
+
+# ---------------------------------------------------------------- group statistics and gradual unfreezing
+
+
+class GroupStats(Callback):
+    """Records, every training step (or one in `every`) and layer group: the learning rate, the gradient norm and
+    the update-to-weight ratio ||delta w|| / ||w||. `learn.group_stats.df` is the table (it runs on across
+    fits, `reset()` clears it), `learn.plot_group_stats()` the figure. Frozen groups show NaN."""
+    order = 60  # after the schedulers (the rates of this step)
+
+    def __init__(self, every: int = 1):
+        self.tracker = GroupTracker(None, every)
+
+    def reset(self): self.tracker.rows, self.tracker.n = [], 0
+
+    def before_fit(self): self._names = group_labels(self.learn)
+
+    def before_step(self):
+        if not self.training: return
+        opt = self.learn.opt
+        self.tracker.before([(name, ps, h.get('lr', float('nan')))
+                             for name, ps, h in zip(self._names, opt.param_lists, opt.hypers)])
+
+    def after_step(self):
+        if self.training: self.tracker.after()
+
+    @property
+    def df(self):
+        "`step, group, name, lr, grad_norm, update_ratio`: one row per recorded step and layer group"
+        return self.tracker.df
+
+
+@patch
+def plot_group_stats(self: Learner, figsize=(11, 3)):
+    "Learning rate, gradient norm and update ratio per layer group against the step (log scale); the Figure"
+    cb = getattr(self, 'group_stats', None)
+    if not isinstance(cb, GroupStats):
+        raise ValueError("this Learner records no group statistics: pass cbs=GroupStats() to the Learner "
+                         "(or learn.add_cb(GroupStats())) and fit")
+    if not cb.tracker.rows: raise ValueError("no group statistics yet: fit first")
+    return plot_group_stats(cb.df, figsize)

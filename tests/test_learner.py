@@ -1,7 +1,7 @@
 "fastai integration: Learners for hard archs, per-group LRs reaching the optimizer, freezing, the wd policy, DDP."
 from __future__ import annotations
 
-import time
+import contextlib, time, warnings
 
 import numpy as np
 import pytest
@@ -21,6 +21,13 @@ from fast_impl.resolve import resolve
 from fast_impl.split import GroupError
 
 torch.set_num_threads(1)  # tiny models; on a busy machine 2 threads spin (10x slower)
+
+
+@contextlib.contextmanager
+def warnings_as_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UserWarning)
+        yield
 
 
 class _Get:
@@ -198,7 +205,8 @@ def test_show_and_plot_groups():
     rep = learn.show_groups()
     df = rep.to_df()
     assert len(df) == 3 and df.params.sum() == sum(p.numel() for p in learn.model.parameters())
-    assert df.frozen.tolist() == [True, True, False] and df.modules.iloc[-1] == 'fc'
+    assert df.frozen.tolist() == [True, True, False] and df['last'].iloc[-1] == 'fc'
+    assert df.name.tolist() == ['group 1', 'group 2', 'head'] and df.no_wd.tolist()[-1] == 1  # fc.bias
     assert 'Total params' in str(rep) and '<table>' in rep._repr_html_() and '| group |' in rep.to_markdown()
     fig = learn.plot_groups()
     assert len(fig.axes) == 2
@@ -304,3 +312,72 @@ def test_new_head_trains_while_frozen():
     with pytest.raises(ValueError, match='head= applies to'):
         discriminative_learner(synth_dls(), _MlpHead(), groups=lambda m: [list(m.parameters())], head='head')
     with pytest.raises(KeyError, match="no child named 'nope'"): discriminative_learner(synth_dls(), _MlpHead(), head='nope')
+
+
+# ---------------------------------------------------------------- issue 12: blocks, GroupStats, gradual unfreezing
+
+def test_blocks_learner_and_group_names():
+    learn = discriminative_learner(synth_dls(), Toy(), groups='blocks')
+    df = learn.show_groups().to_df()
+    assert df['name'].tolist() == [f'block {i}' for i in range(1, 6)] + ['head'] and learn.n_groups == 6
+    with pytest.raises(ValueError, match="did you mean 'blocks'"): discriminative_learner(synth_dls(), Toy(), groups='block')
+
+
+def test_group_stats_records_every_step_and_group():
+    from fast_impl import GroupStats
+    learn = discriminative_learner(synth_dls(n_train=8), Toy(), groups=3, cbs=GroupStats(),
+                                   opt_func=SGD)
+    learn.fit(2, lr=[1e-3, 1e-2, 1e-1])
+    df = learn.group_stats.df
+    assert list(df.columns) == ['step', 'group', 'name', 'lr', 'grad_norm', 'update_ratio']
+    assert len(df) == 4 * 3 and df['name'].tolist()[:3] == ['group 1', 'group 2', 'head']  # 2 epochs x 2 batches
+    assert df.lr.tolist()[:3] == [1e-3, 1e-2, 1e-1]
+    assert (df.grad_norm > 0).all() and (df.update_ratio > 0).all()
+    # SGD without momentum: the update is lr * grad (wd 0.01 decoupled adds lr*wd*w), so the ratio follows the lr
+    r = df[df.step == 3].update_ratio.to_numpy()
+    assert r[0] < r[1] < r[2]
+    fig = learn.plot_group_stats()
+    assert len(fig.axes) == 3 and len(fig.axes[0].lines) == 3
+    learn.group_stats.reset()
+    assert learn.group_stats.df.empty
+    with pytest.raises(ValueError, match='cbs=GroupStats'): discriminative_learner(synth_dls(), Toy()).plot_group_stats()
+
+
+def test_gradual_unfreeze_phases_from_the_top():
+    from fast_impl import GroupStats
+    logs = []
+    learn = discriminative_learner(synth_dls(), Toy(), groups=3, cbs=GroupStats())
+    learn.logger = lambda *a: logs.append(' '.join(map(str, a)))
+    body = learn.model.stem[0].weight
+    w0 = body.detach().clone()
+    seen = []
+
+    class Phase(Callback):
+        def before_fit(self):
+            seen.append((self.opt.frozen_idx, [any(p.requires_grad for p in g if p.ndim > 1)
+                                               for g in self.opt.param_lists]))
+    learn.add_cb(Phase())
+    with warnings_as_errors():  # frozen groups with per-group rates are meant here: no warning
+        learn.gradual_unfreeze(epochs=1, lr_max=1e-2, decay=0.5)
+    # the head, then one more group each phase, ending unfrozen
+    assert seen == [(2, [False, False, True]), (1, [False, True, True]), (0, [True, True, True])]
+    phases = [l for l in logs if l.startswith('gradual unfreezing')]
+    assert phases == ['gradual unfreezing, phase 1/3: training 1 of 3 groups (head)',
+                      'gradual unfreezing, phase 2/3: training 2 of 3 groups (group 2 .. head)',
+                      'gradual unfreezing, phase 3/3: training 3 of 3 groups (group 1 .. head)']
+    assert not torch.equal(body, w0) and learn.opt.frozen_idx == 0
+    df = learn.group_stats.df
+    assert df.step.max() == 2 and df[df.step == 0].grad_norm.isna().tolist() == [False, False, False]  # norms train
+
+
+def test_gradual_unfreeze_bad_input_changes_nothing():
+    learn = discriminative_learner(synth_dls(), Toy(), groups=1)
+    with pytest.raises(ValueError, match='needs 2 or more layer groups.*has 1'): learn.gradual_unfreeze()
+    learn = discriminative_learner(synth_dls(), Toy(), groups=3)
+    learn.create_opt()
+    w0 = [p.detach().clone() for p in learn.model.parameters()]
+    for kw, match in [(dict(epochs=0), 'epochs must be'), (dict(step=0), 'step must be'),
+                      (dict(lr_max=-1.0), 'lr must be a positive'), (dict(decay=2.0), r'decay must be in \(0, 1\]')]:
+        with pytest.raises(ValueError, match=match): learn.gradual_unfreeze(**kw)
+        assert learn.opt.frozen_idx == 0 and all(p.requires_grad for p in learn.model.parameters())
+    assert all(torch.equal(p, w) for p, w in zip(learn.model.parameters(), w0))  # nothing trained

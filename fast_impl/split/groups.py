@@ -1,7 +1,8 @@
 "The group functions: stages (`split_stages`), N balanced groups (`split_n`) and explicit cuts (`split_at`)."
 from __future__ import annotations
 
-__all__ = ['split_stages', 'split_n', 'split_at', 'stage_blocks', 'balance', 'check_n']
+__all__ = ['split_stages', 'split_blocks', 'split_n', 'split_at', 'stage_blocks', 'balance', 'check_n',
+           'named_stages', 'named_blocks', 'named_n', 'named_at']
 
 import warnings
 from typing import Sequence
@@ -12,7 +13,8 @@ from ..tree import find_module
 from .blocks import CONTAINERS, LATE, Block, Index, Plan, as_model, owner, under, view
 from .check import GroupError, check_groups, name_violations
 from .plan import plan
-from .rules import in_forward_order, norms_with_layers
+from .rules import head_modules, in_forward_order, norms_with_layers
+from .trace import is_norm
 
 
 def _by_stage(p: Plan, attr: str) -> list[list[str]]:
@@ -40,10 +42,78 @@ def _plan(model, head) -> Plan:
 
 def split_stages(model, head=None) -> list[list[nn.Parameter]]:
     "Layer groups of `model`: the stem, one group per stage, the head last (`head`: modules belonging to it)"
+    return [g for _, g in named_stages(model, head)]
+
+
+def named_stages(model, head=None) -> list[tuple[str, list[nn.Parameter]]]:
+    "`split_stages` with each group's name: 'stem', 'stage 1', ..., 'head'"
     p = _plan(model, head)
     groups = _by_stage(p, 'params')
     if len(groups) == 1: _warn_one(p)
-    return _to_params(p, groups)
+    return list(zip(_stage_names(p), _to_params(p, groups)))
+
+
+def _stage_names(p: Plan) -> list[str]:
+    "The name of each `split_stages` group of `p`: the stem, stages counted from 1, the head"
+    names, key = [], None
+    for b in p.blocks:
+        k = ('head',) if b.role == 'head' else (b.stage,)
+        if k != key:
+            body = sum(n.startswith('stage') for n in names) + 1
+            names.append(b.role if b.role in ('stem', 'head') else f'stage {body}')
+        key = k
+    return names
+
+
+def split_blocks(model, head=None) -> list[list[nn.Parameter]]:
+    """One layer group per block, the granularity of BEiT-style layer decay: the stem (with the embeddings), each
+    block, then the final norm with the head. A timm model with a `group_matcher` is cut by timm's own fine matcher
+    (as `timm.optim.param_groups_layer_decay` does)."""
+    return [g for _, g in named_blocks(model, head)]
+
+
+def named_blocks(model, head=None) -> list[tuple[str, list[nn.Parameter]]]:
+    "`split_blocks` with each group's name: 'stem', 'block 1', ..., 'head'"
+    if not isinstance(model, Plan):
+        timm = _timm_blocks(as_model(model), head)
+        if timm is not None: return timm
+    p = _plan(model, head)
+    stem = [q for b in p.body if b.role == 'stem' for q in b.params]
+    body = [list(b.params) for b in p.body if b.role != 'stem']
+    tail = [q for b in p.head for q in b.params]
+    if body and tail:  # the final norm: trailing norm layers of the last block, outside its first module
+        last, mods, first = body[-1], dict(p.index.modules), p.body[-1].modules[0]
+        while len(last) > 1 and is_norm(mods[owner(last[-1])]) and not under(last[-1], first):
+            tail.insert(0, last.pop())
+    groups = [g for g in [stem] + body + [tail] if g]
+    names = (['stem'] if stem else []) + [f'block {i + 1}' for i in range(len(body))] + (['head'] if tail else [])
+    if len(groups) == 1: _warn_one(p)
+    return list(zip(names, _to_params(p, groups)))
+
+
+def _timm_blocks(model: nn.Module, head) -> list[tuple[str, list[nn.Parameter]]] | None:
+    "timm's fine `group_matcher` groups of `model` (or of the body of a fastai model), the head last; None: none"
+    v = view(model)
+    matcher = getattr(v.body, 'group_matcher', None)
+    if not callable(matcher) or 'timm' not in type(v.body).__module__: return None
+    from timm.models import group_parameters
+    try: layer = group_parameters(v.body, matcher(coarse=False), reverse=True)
+    except Exception: return None
+    ix = Index(model)
+    last = max(layer.values(), default=0) + 1
+    # unmatched (the classifier, a new head): last, as timm does
+    ids = {n: layer.get(n[len(v.prefix):], last) if n.startswith(v.prefix) else last for n in ix.weights}
+    ids.update({n: last for n in ix.weights for h in head_modules(model, head) if under(n, h)})
+    order = sorted(set(ids.values()))
+    if len(order) < 2: return None
+    groups = [[n for n in ix.weights if ids[n] == k] for k in order]
+    # the head: the classifier's group (timm puts what its matcher misses there), or the modules `head` names
+    get = getattr(v.body, 'get_classifier', None)
+    clf = {id(q) for q in get().parameters()} if callable(get) and isinstance(get(), nn.Module) else set()
+    own = dict(ix.params)
+    has_head = order[-1] == last or any(id(own[n]) in clf for n in groups[-1])
+    names = ['stem'] + [f'block {i}' for i in range(1, len(groups) - has_head)] + ['head'] * has_head
+    return list(zip(names, _to_params(Plan(model, [], 'timm', ix), groups)))
 
 
 def _warn_one(p: Plan) -> None:
@@ -116,13 +186,21 @@ def _pack(weights: Sequence[int], cap: int, k: int) -> list[list[int]]:
 def split_n(model, n: int, head=None) -> list[list[nn.Parameter]]:
     "`n` contiguous layer groups of `model`, cut at block boundaries and balanced by parameter count"
     # the head last
+    return [g for _, g in named_n(model, n, head)]
+
+
+def named_n(model, n: int, head=None) -> list[tuple[str, list[nn.Parameter]]]:
+    "`split_n` with each group's name: 'group 1', ..., and 'head' for the head group"
     n = check_n(n)
     p = _plan(model, head)
     groups = _n_groups(p, n)
     if len(groups) < n:
         warnings.warn(f"{type(p.model).__name__} has {len(p.body)} body blocks: "
                       f"{len(groups)} groups instead of {n}")
-    return _to_params(p, groups)
+    heads = {q for b in p.head for q in b.params}
+    names = [f'group {i + 1}' for i in range(len(groups))]
+    if len(groups) > 1 and heads and set(groups[-1]) == heads: names[-1] = 'head'
+    return list(zip(names, _to_params(p, groups)))
 
 
 def _n_groups(p: Plan, n: int) -> list[list[str]]:
@@ -216,6 +294,11 @@ def _cut_names(model: nn.Module, paths) -> list[str]:
 
 def split_at(model, paths, head=None) -> list[list[nn.Parameter]]:
     "Layer groups of `model` cut before each module in `paths`"
+    return [g for _, g in named_at(model, paths, head)]
+
+
+def named_at(model, paths, head=None) -> list[tuple[str, list[nn.Parameter]]]:
+    "`split_at` with each group's name: 'group 1', ..., and 'head' for the head group `head=` makes"
     # paths: index paths like `[4]`, dotted names like `'layer2'`
     p = _plan(model, head) if head is not None else None
     ix = p.index if p else model.index if isinstance(model, Plan) else Index(as_model(model))
@@ -234,7 +317,10 @@ def split_at(model, paths, head=None) -> list[list[nn.Parameter]]:
         raise GroupError(f"cuts at {cuts} leave empty groups; "
                          "cut only where parameters follow, in forward order")
     tail = [n for n in ix.weights if n not in at]
-    return _to_params(Plan(ix.model, [], 'at', ix), groups + ([tail] if tail else []))  # `tail`: the head
+    groups += [tail] if tail else []  # `tail`: the head
+    names = [f'group {i + 1}' for i in range(len(groups))]
+    if tail: names[-1] = 'head'
+    return list(zip(names, _to_params(Plan(ix.model, [], 'at', ix), groups)))
 
 
 def _cut_at(ix: Index, cut: str, at: dict[str, int]) -> int:

@@ -2,18 +2,19 @@
 # fastai itself is not imported.
 from __future__ import annotations
 
-__all__ = ['Splitter', 'stage_splitter', 'n_splitter', 'at_splitter', 'splitter']
+__all__ = ['Splitter', 'stage_splitter', 'block_splitter', 'n_splitter', 'at_splitter', 'splitter', 'named_groups']
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from .groups import check_n, split_at, split_n, split_stages
+from .groups import check_n, named_at, named_blocks, named_n, named_stages
 
 
 @dataclass
 class Splitter:
-    "A picklable fastai `splitter`: `kind` 'stages', 'n' (`arg` groups) or 'at' (`arg` cuts)"
+    "A picklable fastai `splitter`: `kind` 'stages', 'blocks', 'n' (`arg` groups) or 'at' (`arg` cuts)"
     # picklable, so `learn.export()` works
     kind: str = 'stages'
     arg: object = None
@@ -25,25 +26,36 @@ class Splitter:
         if self.kind == 'n': check_n(self.arg)
 
     def __call__(self, model) -> list[list[nn.Parameter]]:
+        return [g for _, g in self.named(model)]
+
+    def named(self, model) -> list[tuple[str, list[nn.Parameter]]]:
+        "The groups of `model` with their names ('stem', 'stage 2', 'block 7', 'group 3', 'head')"
         return _SPLITS[self.kind](model, self.arg, self.head)
 
     # `splitter(s.groups, s.head) == s`
     @property
-    def groups(self): return 'stages' if self.kind == 'stages' else self.arg
+    def groups(self): return self.kind if self.kind in _NAMED else self.arg
 
     def __repr__(self) -> str:
-        args = (([] if self.kind == 'stages' else [repr(self.arg)])
+        args = (([] if self.kind in _NAMED else [repr(self.arg)])
                 + ([] if self.head is None else [f'head={self.head!r}']))
         return f"{_MAKERS[self.kind]}({', '.join(args)})"
 
 
-_SPLITS = {'stages': lambda m, _, head: split_stages(m, head), 'n': split_n, 'at': split_at}
-_MAKERS = {'stages': 'stage_splitter', 'n': 'n_splitter', 'at': 'at_splitter'}
+_SPLITS = {'stages': lambda m, _, head: named_stages(m, head), 'blocks': lambda m, _, head: named_blocks(m, head),
+           'n': named_n, 'at': named_at}
+_MAKERS = {'stages': 'stage_splitter', 'blocks': 'block_splitter', 'n': 'n_splitter', 'at': 'at_splitter'}
+_NAMED = ('stages', 'blocks')  # the kinds named by a word, taking no argument
 
 
 def stage_splitter(head=None) -> Splitter:
     "A fastai `splitter`: `split_stages` of the (maybe DDP-wrapped) model, `head` modules in the head group"
     return Splitter('stages', head=head)
+
+
+def block_splitter(head=None) -> Splitter:
+    "A fastai `splitter`: `split_blocks`, one group per block (BEiT-style layer decay)"
+    return Splitter('blocks', head=head)
 
 
 def n_splitter(n: int, head=None) -> Splitter:
@@ -57,9 +69,43 @@ def at_splitter(paths, head=None) -> Splitter:
 
 
 def splitter(groups='stages', head=None) -> Splitter:
-    "A fastai `splitter` for `groups`: 'stages', a number of groups, or cut points"
+    "A fastai `splitter` for `groups`: 'stages', 'blocks', a number of groups, or cut points"
     # `head`: modules for the head group
-    if groups == 'stages': return stage_splitter(head)
+    if isinstance(groups, str) and groups in _NAMED: return Splitter(groups, head=head)
     if isinstance(groups, int) and not isinstance(groups, bool): return n_splitter(groups, head)
     if isinstance(groups, (str, list, tuple)): return at_splitter(groups, head)
-    raise ValueError(f"groups must be 'stages', a number of groups, or a list of cut points; got {groups!r}")
+    raise ValueError(f"groups must be 'stages', 'blocks', a number of groups, or a list of cut points; "
+                     f"got {groups!r}")
+
+
+_HELP = "groups takes 'stages', 'blocks', a number of groups, cut paths such as ['layer2', 'layer4'], or a splitter function"
+
+
+def named_groups(model, groups='stages', head=None) -> list[tuple[str, list[nn.Parameter]]]:
+    """(name, parameters) per layer group of `model`: `groups` as `splitter` takes it, or a splitter function;
+    checked to partition the model, a bad `groups` or `head` one error naming what is valid"""
+    import difflib
+    from ..tree import unwrap
+    from .check import check_groups
+    from .rules import head_modules
+    model = unwrap(model)
+    if callable(groups) and not isinstance(groups, Splitter) and head is not None:
+        raise ValueError("head= applies to groups='stages', 'blocks', a number or cut paths; "
+                         "a splitter function makes its own head")
+    head_modules(model, head)  # a bad head= is its own error, listing the valid children
+    try:
+        if isinstance(groups, Splitter): named = groups.named(model)
+        elif callable(groups):
+            gs = list(groups(model))
+            gs = [gs] if gs and isinstance(gs[0], torch.Tensor) else [  # fastai also takes one flat list
+                list(g['params']) if isinstance(g, dict) else list(g) for g in gs]
+            named = [(f'group {i + 1}', g) for i, g in enumerate(gs)]
+        else: named = splitter(groups, head).named(model)
+        check_groups(model, [g for _, g in named])
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        close = difflib.get_close_matches(groups, _NAMED, n=1) if isinstance(groups, str) else []
+        why = f"did you mean {close[0]!r}?" if close else (str(e.args[0]) if e.args else type(e).__name__)
+        err = type(e) if isinstance(e, (ValueError, TypeError, IndexError)) else ValueError  # KeyError quotes
+        shown = (getattr(groups, '__name__', None) if callable(groups) else None) or repr(groups)
+        raise err(f"groups={shown} does not split {type(model).__name__}: {why} ({_HELP})") from e
+    return named
