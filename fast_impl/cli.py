@@ -153,20 +153,51 @@ def groups(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:N
     print(_render(group_table(model, gs, lrs=_lrs(len(gs), rates)), format))
 
 
+NormArg = Annotated[str, {'choices': ['seed', 'cifar', 'imagenet', 'none']}]
+OptArg = Annotated[str, {'choices': ['adam', 'sgd']}]
+ScheduleArg = Annotated[str, {'choices': ['one_cycle', 'constant']}]
+
+
+def _groups_arg(groups: str) -> str | int:
+    "`--groups stages|blocks|N` as the Learner takes it: a strategy name, or a number of groups"
+    if groups in ('stages', 'blocks'): return groups
+    if groups.isdigit() and int(groups) >= 1: return int(groups)
+    raise CliError(f"--groups must be stages, blocks or a number of groups such as 4; got {groups!r}")
+
+
+def _train_lr(lr: str, decay: float | None) -> float | slice:
+    "`--lr HI` or `--lr LO:HI` (not with --decay) as the rate or the slice `train_archs` takes"
+    lo, hi, _ = _rates(lr, decay)
+    return hi if lo is None else slice(lo, hi)
+
+
 @command
 def train(*archs: str,  # architectures to train and compare
-          data: str = None,  # an image folder with train/ and valid/ subfolders (one folder per class)
+          data: str = None,  # cifar10, digits (the default), or an image folder with train/ and valid/
           digits: store_true = False,  # use the embedded scikit-learn digits (the default)
           epochs: int = 3,  # epochs per architecture
-          lr: float = 3e-3,  # peak learning rate of the one-cycle schedule
+          lr: str = '3e-3',  # peak learning rate HI, or LO:HI spread over the layer groups (stem LO, head HI)
+          decay: float = None,  # layer decay: the head's group gets --lr, each earlier group D times the next
+          groups: str = 'stages',  # layer groups for the rates: stages, blocks, or a number of groups N
+          pretrained: store_true = False,  # fine-tune from the registry's weights (every group, LR/100 to LR)
+          weights: str = None,  # fine-tune from a local weights file, e.g. the best.pth of an earlier run
           bs: int = 64,  # batch size (smaller when there are fewer training images)
-          size: int = 32,  # image size (models made for one size, such as ViTs, are built for this one)
-          out: str = 'fast_impl_train'):  # folder for the results table and the plot
-    "Train ARCHs with fastai on the same data and compare them: results table and a plot of the curves"
+          size: int = 32,  # image size (seed 003: 224); too small for a model: the smallest it takes
+          limit: int = None,  # at most N images per class (training and validation each) for a quick run
+          norm: NormArg = None,  # default: the arch's with weights, else seed 003's 0.5 for cifar10
+          opt: OptArg = 'adam',  # optimizer: fastai's Adam, or SGD with momentum 0.9 (seed 003)
+          schedule: ScheduleArg = 'one_cycle',  # one_cycle (fastai), or constant (the seeds' fixed rate)
+          device: str = None,  # cpu, cuda, cuda:1, ... (default: the GPU when there is one)
+          out: str = 'fast_impl_train'):  # folder for the table, the plot and each ARCH's history and weights
+    "Train ARCHs with fastai on the same data: per-epoch loss and accuracy, best weights, table and plot"
     if not archs: raise CliError('train needs at least one ARCH')
     if data and digits: raise CliError('give either --data FOLDER or --digits, not both')
+    if pretrained and weights: raise CliError('give either --pretrained or --weights FILE, not both')
+    rate = _train_lr(lr, decay)
     from .experiments import train_archs
-    train_archs(list(archs), data=data, epochs=epochs, lr=lr, size=size, bs=bs, out=out)
+    train_archs(list(archs), data=data, epochs=epochs, lr=rate, size=size, bs=bs, out=out, limit=limit,
+                groups=_groups_arg(groups), decay=decay, pretrained=weights or pretrained, norm=norm, opt=opt,
+                schedule=schedule, device=device)
 
 
 @command

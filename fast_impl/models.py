@@ -159,6 +159,7 @@ class ResNet18(nn.Module):
         self.blk1 = ResBlk(16, 16)
         self.blk2 = ResBlk(16, 32)
         self.outlayer = nn.Linear(32 * img_size * img_size, num_classes)
+        self.default_cfg = {'input_size': (3, img_size, img_size)}  # the size it takes (timm's convention)
 
     def forward(self, x):
         x = self.blk2(self.blk1(F.relu(self.conv1(x))))

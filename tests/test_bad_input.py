@@ -57,10 +57,27 @@ CLI = [
     (['train', 'fast_impl:ResNet18', '--digits', '--data', 'empty'], 'give either --data FOLDER or --digits'),
     (['train', 'fast_impl:ResNet18', '--epochs', '0'], 'epochs must be an int >= 1; got 0'),
     (['train', 'fast_impl:ResNet18', '--bs', '0'], 'bs must be an int >= 1; got 0'),
-    (['train', 'fast_impl:ResNet18', '--lr', '-1'], 'lr must be a positive, finite number'),
+    (['train', 'fast_impl:ResNet18', '--lr', '-1'], "--lr must be LO:HI or HI with positive, finite rates"),
     (['train', 'fast_impl:ResNet18', '--size', '4'], 'size must be an int >= 8; got 4'),
     (['train', 'nosuch_net'], "unknown arch 'nosuch_net'"),
     (['train', 'fast_impl:ResNet18', '--out', 'notes.txt'], "out 'notes.txt' is a file, not a folder"),
+    (['train', 'fast_impl:ResNet18', '--data', 'cifar100'],
+     "is neither a dataset (digits, cifar10) nor an image folder: did you mean 'cifar10'?"),
+    (['train', 'fast_impl:ResNet18', '--data', 'cifar10'], "CIFAR-10 is not in fastai's data folder"),
+    (['train', 'fast_impl:ResNet18', '--limit', '0'], 'limit must be an int >= 1; got 0'),
+    (['train', 'fast_impl:AlexNet'], 'cannot take 32x32 images (forward pass on meta failed in module '
+                                     "'features.12' (MaxPool2d)"),
+    (['train', 'fast_impl:AlexNet', '--size', '62'], 'the smallest size it takes is 63: use --size 63 or'),
+    (['train', 'fast_impl:ResNet18', '--groups', 'stage'], '--groups must be stages, blocks or a number'),
+    (['train', 'fast_impl:ResNet18', '--groups', '0'], "got '0'"),
+    (['train', 'fast_impl:ResNet18', '--lr', '1e-4:1e-3', '--decay', '0.5'], 'give either --lr LO:HI or'),
+    (['train', 'fast_impl:ResNet18', '--device', 'gpu'], "device must be 'cpu', 'cuda', 'cuda:1', ...; got"),
+    (['train', 'fast_impl:ResNet18', '--device', 'meta'], "device 'meta' holds no data"),
+    (['train', 'fast_impl:ResNet18', '--opt', 'rmsprop'], "invalid choice: 'rmsprop'"),
+    (['train', 'fast_impl:ResNet18', '--pretrained', '--weights', 'x.pth'], 'give either --pretrained or'),
+    (['train', 'fast_impl:ResNet18', '--weights', 'nowhere.pth'], "file 'nowhere.pth' does not exist"),
+    (['train', 'fast_impl:ResNet18', '--weights', 'notes.txt', '--limit', '1', '--bs', '8'],
+     "'notes.txt' is not a weights file"),
     (['demo', '--seeds', '0'], 'seeds must be an int >= 1'),
     (['demo', '--out', 'notes.txt'], "out 'notes.txt' is a file, not a folder"),
 ]
@@ -78,6 +95,8 @@ def sandbox(tmp_path, monkeypatch):
     (tmp_path / 'notes.txt').write_text('not weights\n')
     for d in ('train', 'valid'): (tmp_path / 'empty' / d).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('FASTAI_HOME', str(tmp_path / 'fastai_home'))  # holds no CIFAR-10 (and is not created)
+    monkeypatch.setattr('fast_impl.resolve._reachable', lambda url, timeout: False)  # offline, always
     return tmp_path
 
 
