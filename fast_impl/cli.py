@@ -136,21 +136,23 @@ def _lrs(n: int, rates: tuple | None) -> list[float] | None:
 @command
 def groups(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:NAME, fast_impl:NAME)
            stages: store_true = False,  # stem, one group per stage, head (the default)
+           blocks: store_true = False,  # one group per block (BEiT-style layer decay; timm's own blocks for timm)
            n: int = None,  # N contiguous groups balanced by parameters
            at: str = None,  # cut before these modules: comma-separated paths, e.g. `layer2,layer4` or `4,6`
            lr: str = None,  # learning rates LO:HI spread geometrically over the groups (or HI with --decay)
            decay: float = None,  # layer decay: each group gets D times the next group's rate
            format: FmtArg = 'text'):  # output format
-    "Layer groups of ARCH for discriminative learning rates, with the learning rate each group gets"
-    if sum([stages, n is not None, at is not None]) > 1: raise CliError('give one of --stages, --n N, --at PATHS')
+    "Layer groups of ARCH for discriminative learning rates, with each group's name and learning rate"
+    if sum([stages, blocks, n is not None, at is not None]) > 1:
+        raise CliError('give one of --stages, --blocks, --n N, --at PATHS')
     rates = _rates(lr, decay)  # bad rates fail before the model is built
     from .resolve import resolve
-    from .split import group_table, split_at, split_n, split_stages
+    from .split import group_table, named_groups
     model = resolve(arch)
-    if n is not None: gs = split_n(model, n)
-    elif at is not None: gs = split_at(model, _paths(at))
-    else: gs = split_stages(model)
-    print(_render(group_table(model, gs, lrs=_lrs(len(gs), rates)), format))
+    kind = n if n is not None else _paths(at) if at is not None else 'blocks' if blocks else 'stages'
+    named = named_groups(model, kind)
+    gs = [g for _, g in named]
+    print(_render(group_table(model, gs, lrs=_lrs(len(gs), rates), names=[x for x, _ in named]), format))
 
 
 NormArg = Annotated[str, {'choices': ['seed', 'cifar', 'imagenet', 'none']}]

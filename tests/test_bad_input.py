@@ -39,7 +39,7 @@ CLI = [
     (['compare'], 'compare needs two or more ARCHs, got 0'),
     (['compare', R18], 'compare needs two or more ARCHs, got 1'),
     (['compare', CNN, 'nosuch_net'], "unknown arch 'nosuch_net'"),
-    (['groups', R18, '--n', '2', '--stages'], 'give one of --stages, --n N, --at PATHS'),
+    (['groups', R18, '--n', '2', '--stages'], 'give one of --stages, --blocks, --n N, --at PATHS'),
     (['groups', R18, '--lr', 'fast'], "--lr must be LO:HI or HI with positive, finite rates"),
     (['groups', R18, '--lr', '0:1e-3'], "got '0:1e-3'"),
     (['groups', R18, '--lr=-1e-3'], "got '-1e-3'"),

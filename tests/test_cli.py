@@ -55,6 +55,15 @@ def test_groups_with_lrs():
     assert 'layer3' in cli('groups', 'torchvision:resnet18', '--at', 'layer2,layer4').stdout
 
 
+def test_groups_blocks_with_names_and_decay():
+    out = cli('groups', 'torchvision:vit_b_16', '--blocks', '--lr', '1e-3', '--decay', 0.5).stdout
+    rows = [l for l in out.splitlines() if l.startswith('|') and 'first module' not in l]
+    assert len(rows) == 14 and 'Total params: 86,567,656 in 14 groups' in out
+    assert rows[0].split('|')[2].strip() == 'stem' and rows[-1].split('|')[2].strip() == 'head'
+    assert rows[-1].split('|')[3].strip() == 'encoder.ln' and rows[-1].split('|')[-2].strip() == '0.001'
+    assert rows[-2].split('|')[2].strip() == 'block 12' and rows[-2].split('|')[-2].strip() == '0.0005'
+
+
 def test_train_on_an_image_folder(tmp_path):
     from PIL import Image
     import numpy as np
@@ -89,7 +98,7 @@ def test_every_command_has_help():
     (['layers', 'fast_impl:SimpleCNN', '--input', '1,3,x'], '--input must be comma-separated positive integers'),
     (['layers', 'fast_impl:SimpleCNN', '--depth', 'q'], "invalid int value: 'q'"),
     (['layers', 'fast_impl:SimpleCNN', '--format', 'pdf'], 'invalid choice'),
-    (['groups', 'torchvision:resnet18', '--n', 2, '--stages'], 'give one of --stages, --n N, --at PATHS'),
+    (['groups', 'torchvision:resnet18', '--n', 2, '--stages'], 'give one of --stages, --blocks, --n N, --at PATHS'),
     (['groups', 'torchvision:resnet18', '--lr', 'fast'], '--lr must be LO:HI or HI'),
     (['train', 'fast_impl:ResNet18', '--data', '/nonexistent'], 'needs train/ and valid/ subfolders'),
     (['frobnicate'], "unknown command 'frobnicate'"),

@@ -307,7 +307,7 @@ def test_fastai_export_with_splitter(tmp_path):
 
 
 def test_splitter_bad_input():
-    with pytest.raises(ValueError, match="'stages', a number of groups"): splitter(3.5)
+    with pytest.raises(ValueError, match="'stages', 'blocks', a number of groups"): splitter(3.5)
     with pytest.raises(ValueError, match='n must be'): n_splitter(0)
     with pytest.raises(ValueError, match='unknown splitter kind'): Splitter('bad')
 
