@@ -302,7 +302,7 @@ def _dls(plan: _Plan, bs: int):
     if NORM_STATS[norm]:
         from fastai.data.transforms import Normalize
         dls.add_tfms([Normalize.from_stats(*NORM_STATS[norm])], 'after_batch')
-    return dls
+    return dls.to(dls.train.device)  # the added stats go where the batches go
 
 
 def _n_images(plan: _Plan) -> tuple[int, int]:
@@ -360,6 +360,7 @@ def _learner(dls, arch, kw: dict, plan: _Plan, folder: pathlib.Path):
     learn = discriminative_learner(dls, arch, groups=plan.groups, pretrained=plan.pretrained,
                                    normalize=plan.norm is None, metrics=accuracy,
                                    opt_func=_opt_func(plan.opt), path=folder, model_dir='.', **kw)
+    dls.to(dls.train.device)  # a Normalize added since (the arch's stats) goes where the batches go
     learn.remove_cb(learn.recorder)
     learn.add_cbs([EpochRecorder(), KeepBest()])
     if plan.pretrained: learn.unfreeze()  # every group trains, each at its own rate
@@ -560,7 +561,7 @@ def demo(out='demo_out', seeds: int = 5, quick: bool = False) -> dict:
         learn.opt.set_hypers(lr=layer_decay(1e-2, learn, 0.75))
         print('3. Its layer groups (fast_impl stage groups), with layer-decay learning rates 0.75:\n')
         print(f'{learn.show_groups()}\n')
-        print(f'4. Fine-tuning on digits 5-9 from 10 labelled images per class: {len(T.METHODS)} methods x '
+        print(f'4. Fine-tuning on digits 5-9 from 10 labelled images per class: {len(T.TUNED_LRS)} methods x '
               f'{seeds} seeds, {epochs} epochs each', flush=True)
         res = T.evaluate(path, T.TUNED_LRS, range(seeds), 10, epochs, 16)
     table = T.table(res)
