@@ -164,29 +164,33 @@ class DiscriminativeLearner(Learner):
                       f"learn.fine_tune(...)",
                       stacklevel=3)
 
-    def gradual_unfreeze(self, epochs: int = 1, lr_max: float = 1e-3, decay: float | None = None, step: int = 1,
-                         **kwargs):
+    def gradual_unfreeze(self, epochs: int | list[int] = 1, lr_max: float = 1e-3, decay: float | None = None,
+                         step: int = 1, **kwargs):
         """ULMFiT's gradual unfreezing: train the head group, then unfreeze `step` more groups at a time from the
-        top, one `fit_one_cycle(epochs)` per phase, ending with every group trained. Each group's rate: `lr_max`
-        at the head, `decay` times the next group's (None: geometric from `lr_max/10`, as `slice(lr_max/10,
-        lr_max)`). `kwargs` go to `fit_one_cycle`. The logger shows each phase."""
+        top, one `fit_one_cycle` per phase, ending with every group trained. `epochs`: per phase, or a list with
+        one number per phase. Each group's rate: `lr_max` at the head, `decay` times the next group's (None:
+        geometric from `lr_max/10`, as `slice(lr_max/10, lr_max)`). `kwargs` go to `fit_one_cycle`. The logger
+        shows each phase."""
         n = self.n_groups
         if n < 2:
             raise ValueError(f"gradual_unfreeze needs 2 or more layer groups to unfreeze one by one; this Learner "
                              f"has {n}: build it with groups='stages', 'blocks' or a number")
-        for v, what in ((epochs, 'epochs'), (step, 'step')):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{what} must be a whole number >= 1; got {v!r}")
-        lrs = np.array(group_rates(lr_max, n, decay))
+        whole = lambda v: not isinstance(v, bool) and isinstance(v, int) and v >= 1
+        if not whole(step): raise ValueError(f"step must be a whole number >= 1; got {step!r}")
         starts = list(range(n - 1, 0, -step)) + [0]
+        per = list(epochs) if isinstance(epochs, (list, tuple)) else [epochs] * len(starts)
+        if len(per) != len(starts) or not all(map(whole, per)):
+            raise ValueError(f"epochs must be a whole number >= 1, or a list of {len(starts)} of them (one per phase: "
+                             f"{n} groups, step {step}); got {epochs!r}")
+        lrs = np.array(group_rates(lr_max, n, decay))
         names = group_labels(self)
-        for k, at in enumerate(starts):
+        for k, (at, e) in enumerate(zip(starts, per)):
             self.freeze_to(at)
             trained = names[at] if at == n - 1 else f'{names[at]} .. {names[-1]}'
             self.logger(f'gradual unfreezing, phase {k + 1}/{len(starts)}: training {n - at} of {n} groups '
                         f'({trained})')
             self._phased = True
-            try: self.fit_one_cycle(epochs, lr_max=lrs, **kwargs)
+            try: self.fit_one_cycle(e, lr_max=lrs, **kwargs)
             finally: self._phased = False
 
     fit = _checked('fit', 'lr')

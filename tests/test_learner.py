@@ -377,6 +377,7 @@ def test_gradual_unfreeze_bad_input_changes_nothing():
     learn.create_opt()
     w0 = [p.detach().clone() for p in learn.model.parameters()]
     for kw, match in [(dict(epochs=0), 'epochs must be'), (dict(step=0), 'step must be'),
+                      (dict(epochs=[1, 1]), 'a list of 3 of them'),
                       (dict(lr_max=-1.0), 'lr must be a positive'), (dict(decay=2.0), r'decay must be in \(0, 1\]')]:
         with pytest.raises(ValueError, match=match): learn.gradual_unfreeze(**kw)
         assert learn.opt.frozen_idx == 0 and all(p.requires_grad for p in learn.model.parameters())
