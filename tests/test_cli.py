@@ -27,6 +27,14 @@ def test_summary_does_not_import_fastai():
     assert r.stdout.split()[-1] == 'False' and '(fc)' in r.stdout
 
 
+def test_groups_with_decay_does_not_import_fastai():
+    code = ("import sys; from fast_impl.cli import main; "
+            "main(['groups', 'torchvision:resnet18', '--blocks', '--lr', '1e-3', '--decay', '0.5']); "
+            "print('fastai' in sys.modules)")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert r.stdout.split()[-1] == 'False' and '| block 8 |' in r.stdout and '0.0005' in r.stdout
+
+
 def test_params_prints_seed_000_table():
     out = cli('params', 'fast_impl:Plain18Layer').stdout
     assert out.rstrip('\n') == (GOLDEN / 'seed000_plain18.txt').read_text().rstrip('\n')
