@@ -184,9 +184,9 @@ def train(*archs: str,  # architectures to train and compare
           pretrained: store_true = False,  # fine-tune from the registry's weights (every group, LR/100 to LR)
           weights: str = None,  # fine-tune from a local weights file, e.g. the best.pth of an earlier run
           bs: int = 64,  # batch size (smaller when there are fewer training images)
-          size: int = 32,  # image size (seed 003: 224); too small for a model: the smallest it takes
+          size: int = 32,  # image size (seed 003: 224); too small for a model: an error names its smallest
           limit: int = None,  # at most N images per class (training and validation each) for a quick run
-          norm: NormArg = None,  # default: the arch's with weights, else seed 003's 0.5 for cifar10
+          norm: NormArg = None,  # normalisation; default: the arch's with weights, else 0.5 (seed 003)
           opt: OptArg = 'adam',  # optimizer: fastai's Adam, or SGD with momentum 0.9 (seed 003)
           schedule: ScheduleArg = 'one_cycle',  # one_cycle (fastai), or constant (the seeds' fixed rate)
           device: str = None,  # cpu, cuda, cuda:1, ... (default: the GPU when there is one)
