@@ -186,7 +186,7 @@ def train(*archs: str,  # architectures to train and compare
           bs: int = 64,  # batch size (smaller when there are fewer training images)
           size: int = 32,  # image size (seed 003: 224); too small for a model: an error names its smallest
           limit: int = None,  # at most N images per class (training and validation each) for a quick run
-          norm: NormArg = None,  # normalisation; default: the arch's with weights, else 0.5 (seed 003)
+          norm: NormArg = None,  # normalisation; default: the arch's with weights, 0.5 on cifar10 (seed 003)
           opt: OptArg = 'adam',  # optimizer: fastai's Adam, or SGD with momentum 0.9 (seed 003)
           schedule: ScheduleArg = 'one_cycle',  # one_cycle (fastai), or constant (the seeds' fixed rate)
           device: str = None,  # cpu, cuda, cuda:1, ... (default: the GPU when there is one)
