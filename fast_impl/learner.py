@@ -102,6 +102,8 @@ def _add_norm(dls, stats):
     from fastai.data.transforms import Normalize
     if any(isinstance(t, Normalize) for t in dls.after_batch.fs): return
     dls.add_tfms([Normalize.from_stats(*stats)], 'after_batch')
+    # from_stats puts the stats on the default device (a GPU where there is one): they go where the batches go
+    if dls.train.device is not None: dls.to(dls.train.device)
 
 # ---------------------------------------------------------------- the Learner
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ['param_groups', 'group_rates', 'no_decay_params', 'is_norm', 'GroupTracker']
 
-import contextlib, math, numbers, re
+import contextlib, fnmatch, math, numbers, re
 
 import torch
 from torch import nn
@@ -55,7 +55,8 @@ def no_decay_params(model: nn.Module, with_bias: bool = True) -> list[nn.Paramet
     res = []
     for name, p in model.named_parameters():
         owner, _, leaf = name.rpartition('.')
-        if (owner in special or _NO_WD_NAME.search(name) or name in listed or any(name.startswith(n + '.') for n in listed)
+        if (owner in special or _NO_WD_NAME.search(name) or name in listed
+                or any(name.startswith(n + '.') or fnmatch.fnmatchcase(name, n) for n in listed)  # timm: 'pos_embed.*'
                 or (with_bias and (leaf == 'bias' or leaf.endswith('_bias') or p.ndim <= 1))): res.append(p)
     return res
 

@@ -95,6 +95,20 @@ def test_blocks_match_timm_layer_decay(arch):
     assert not bad, bad[:5]
 
 
+def test_no_decay_follows_every_no_weight_decay_list_with_wildcards():
+    "XCiT: the root lists 'pos_embed.*' (a wildcard), each attention block lists its own 'temperature'"
+    from timm.optim import param_groups_layer_decay
+    m = resolve('xcit_nano_12_p16_224')
+    names = {id(p): n for n, p in m.named_parameters()}
+    wd = {names[id(p)]: g['weight_decay'] for g in param_groups(m, 1.0, 'blocks', decay=0.7, wd=0.05) for p in g['params']}
+    timm_wd = {names[id(p)]: g['weight_decay'] for g in param_groups_layer_decay(m, 0.05, m.no_weight_decay())
+               for p in g['params']}
+    assert wd['pos_embed.token_projection.weight'] == 0 == timm_wd['pos_embed.token_projection.weight']
+    # timm's optimizer factory reads the root's list only; the blocks' own lists say no decay for temperature
+    assert {n for n in wd if wd[n] != timm_wd[n]} == {n for n in wd if n.endswith('attn.temperature')}
+    assert all(wd[n] == 0 for n in wd if n.endswith('attn.temperature'))
+
+
 def test_blocks_timm_with_a_new_head_and_headless():
     m = resolve('resnet18', num_classes=0)
     named = named_groups(m, 'blocks')
