@@ -16,12 +16,13 @@ from .tree import unwrap
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
           getattr(nn, 'RMSNorm', nn.LayerNorm))
-_NO_WD_NAME = re.compile(r'(^|\.)((cls|class|dist|reg|register|mask)_?tokens?|pos_?embed\w*|pos_?embedding\w*|'
-                         r'absolute_pos_embed|relative_position_bias_table|gamma(_\d)?|layer_?scale\w*)$')
+_NO_WD_NAME = re.compile(r'(^|\.)((cls|class|dist|reg|register|mask)_?tokens?|pos_?embed\w*|'
+                         r'pos_?embedding\w*|absolute_pos_embed|relative_position_bias_table|gamma(_\d)?|'
+                         r'layer_?scale\w*)$')
 
 
 def is_norm(m: nn.Module) -> bool:
-    "True for a norm layer: torch's (batch, instance, layer, group, RMS norm) or any `*Norm*` class holding parameters"
+    "True for a norm layer: torch's (batch, instance, layer, group, RMS) or a `*Norm*` class with parameters"
     # timm's norm-act layers, LayerNorm2d, RmsNorm ...
     if isinstance(m, _NORMS): return True
     if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)): return False
@@ -47,8 +48,9 @@ def _timm_no_wd(model: nn.Module) -> set[str]:
 
 def no_decay_params(model: nn.Module, with_bias: bool = True) -> list[nn.Parameter]:
     """Parameters of `model` without weight decay: norms, layer scales, tokens, position embeddings, timm's
-    `no_weight_decay()` lists; with `with_bias` (weight decay) also every bias and every other 1-d gain or offset,
-    as timm, BEiT and MAE exclude them. `with_bias=False` is what trains while a fastai Learner is frozen."""
+    `no_weight_decay()` lists; with `with_bias` (weight decay) also every bias and every other 1-d gain or
+    offset, as timm, BEiT and MAE exclude them. `with_bias=False` is what trains while a fastai Learner is
+    frozen."""
     model = unwrap(model)
     listed = _timm_no_wd(model)
     special = {n for n, m in model.named_modules() if is_norm(m) or _is_scale(m)}
@@ -56,7 +58,8 @@ def no_decay_params(model: nn.Module, with_bias: bool = True) -> list[nn.Paramet
     for name, p in model.named_parameters():
         owner, _, leaf = name.rpartition('.')
         if (owner in special or _NO_WD_NAME.search(name) or name in listed
-                or any(name.startswith(n + '.') or fnmatch.fnmatchcase(name, n) for n in listed)  # timm: 'pos_embed.*'
+                or any(name.startswith(n + '.') or fnmatch.fnmatchcase(name, n)
+                       for n in listed)  # timm: 'pos_embed.*'
                 or (with_bias and (leaf == 'bias' or leaf.endswith('_bias') or p.ndim <= 1))): res.append(p)
     return res
 
@@ -73,8 +76,8 @@ def check_decay(decay, what: str = 'decay'):
 
 
 def group_rates(lr: float, n: int, decay: float | None = None) -> list[float]:
-    """The rate of each of `n` groups, the head's (last) `lr`: each earlier group `decay` times the next, or, with
-    `decay=None`, geometric from `lr/10` to `lr` (fastai's `slice(lr/10, lr)`)"""
+    """The rate of each of `n` groups, the head's (last) `lr`: each earlier group `decay` times the next, or,
+    with `decay=None`, geometric from `lr/10` to `lr` (fastai's `slice(lr/10, lr)`)"""
     lr, decay = check_lr(lr, 'lr'), check_decay(decay)
     if decay is None: return lr_spread(lr / 10, lr, n)
     return [float(x) for x in layer_decay(lr, n, decay)]
@@ -123,8 +126,9 @@ def param_groups(model: nn.Module, lr: float, groups='stages', decay: float | No
 
 class GroupTracker:
     """Per step and layer group: the learning rate, the gradient norm and the update-to-weight ratio
-    ||delta w|| / ||w|| (w before the step), for a plain PyTorch loop whose optimizer has `param_groups` output (groups sharing a
-    `name` are one layer group). Wrap each `optimizer.step()` in `with tracker.step():`; `tracker.df` is the table.
+    ||delta w|| / ||w|| (w before the step), for a plain PyTorch loop whose optimizer has `param_groups`
+    output (groups sharing a `name` are one layer group). Wrap each `optimizer.step()` in
+    `with tracker.step():`; `tracker.df` is the table.
 
     `every`: record one step in `every` (the others cost nothing)."""
     columns = ['step', 'group', 'name', 'lr', 'grad_norm', 'update_ratio']
@@ -159,7 +163,8 @@ class GroupTracker:
         "Call after the optimizer step: records the update-to-weight ratios"
         if not self._on: return
         step = self.n - 1
-        for i, ((name, _, lr), g, w, (live, prev)) in enumerate(zip(self._now, self._grad, self._w, self._prev)):
+        stats = zip(self._now, self._grad, self._w, self._prev)
+        for i, ((name, _, lr), g, w, (live, prev)) in enumerate(stats):
             if live:  # ||w_after - w_before|| / ||w_before||
                 torch._foreach_sub_(prev, [p.detach() for p in live])
                 ratio = _norm(prev) / w if w > 0 else float('nan')
@@ -176,7 +181,7 @@ class GroupTracker:
 
     @property
     def df(self):
-        "The statistics: one row per recorded step and layer group (`step, group, name, lr, grad_norm, update_ratio`)"
+        "The statistics, a row per recorded step and group: `step, group, name, lr, grad_norm, update_ratio`"
         import pandas as pd
         return pd.DataFrame(self.rows, columns=self.columns)
 
@@ -192,7 +197,7 @@ def _norm(ts: list[torch.Tensor]) -> float:
 
 
 def plot_group_stats(df, figsize=(11, 3)):
-    "A figure of `df` (`GroupTracker.df`, `learn.group_stats.df`): lr, grad norm, update ratio per group, log scale"
+    "A figure of `df` (`GroupTracker.df`, `learn.group_stats.df`): lr, grad norm, update ratio by group (log)"
     import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 3, figsize=figsize)
     for (i, name), d in df.groupby(['group', 'name'], sort=True):

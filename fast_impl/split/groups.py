@@ -66,9 +66,9 @@ def _stage_names(p: Plan) -> list[str]:
 
 
 def split_blocks(model, head=None) -> list[list[nn.Parameter]]:
-    """One layer group per block, the granularity of BEiT-style layer decay: the stem (with the embeddings), each
-    block, then the final norm with the head. A timm model with a `group_matcher` is cut by timm's own fine matcher
-    (as `timm.optim.param_groups_layer_decay` does)."""
+    """One layer group per block, the granularity of BEiT-style layer decay: the stem (with the embeddings),
+    each block, then the final norm with the head. A timm model with a `group_matcher` is cut by timm's own
+    fine matcher (as `timm.optim.param_groups_layer_decay` does)."""
     return [g for _, g in named_blocks(model, head)]
 
 
@@ -86,13 +86,14 @@ def named_blocks(model, head=None) -> list[tuple[str, list[nn.Parameter]]]:
         while len(last) > 1 and is_norm(mods[owner(last[-1])]) and not under(last[-1], first):
             tail.insert(0, last.pop())
     groups = [g for g in [stem] + body + [tail] if g]
-    names = (['stem'] if stem else []) + [f'block {i + 1}' for i in range(len(body))] + (['head'] if tail else [])
+    names = ((['stem'] if stem else []) + [f'block {i + 1}' for i in range(len(body))]
+             + (['head'] if tail else []))
     if len(groups) == 1: _warn_one(p)
     return list(zip(names, _to_params(p, groups)))
 
 
 def _timm_blocks(model: nn.Module, head) -> list[tuple[str, list[nn.Parameter]]] | None:
-    "timm's fine `group_matcher` groups of `model` (or of the body of a fastai model), the head last; None: none"
+    "timm's fine `group_matcher` groups of `model` (or of a fastai model's body), the head last; None: none"
     v = view(model)
     matcher = getattr(v.body, 'group_matcher', None)
     if not callable(matcher) or 'timm' not in type(v.body).__module__: return None

@@ -2,7 +2,8 @@
 # fastai itself is not imported.
 from __future__ import annotations
 
-__all__ = ['Splitter', 'stage_splitter', 'block_splitter', 'n_splitter', 'at_splitter', 'splitter', 'named_groups']
+__all__ = ['Splitter', 'stage_splitter', 'block_splitter', 'n_splitter', 'at_splitter', 'splitter',
+           'named_groups']
 
 from dataclasses import dataclass
 
@@ -42,7 +43,8 @@ class Splitter:
         return f"{_MAKERS[self.kind]}({', '.join(args)})"
 
 
-_SPLITS = {'stages': lambda m, _, head: named_stages(m, head), 'blocks': lambda m, _, head: named_blocks(m, head),
+_SPLITS = {'stages': lambda m, _, head: named_stages(m, head),
+           'blocks': lambda m, _, head: named_blocks(m, head),
            'n': named_n, 'at': named_at}
 _MAKERS = {'stages': 'stage_splitter', 'blocks': 'block_splitter', 'n': 'n_splitter', 'at': 'at_splitter'}
 _NAMED = ('stages', 'blocks')  # the kinds named by a word, taking no argument
@@ -78,7 +80,8 @@ def splitter(groups='stages', head=None) -> Splitter:
                      f"got {groups!r}")
 
 
-_HELP = "groups takes 'stages', 'blocks', a number of groups, cut paths such as ['layer2', 'layer4'], or a splitter function"
+_HELP = ("groups takes 'stages', 'blocks', a number of groups, cut paths such as ['layer2', 'layer4'], "
+         "or a splitter function")
 
 
 def named_groups(model, groups='stages', head=None) -> list[tuple[str, list[nn.Parameter]]]:

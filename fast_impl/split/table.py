@@ -58,10 +58,11 @@ class GroupTable(Report):
     def total(self) -> int: return sum(r.params for r in self.rows)
 
     def _cols(self, df: bool = False) -> list[str]:
-        "The columns shown: the fixed ones, the optional ones some row has (the DataFrame always has trainable)"
+        "The columns shown: the fixed ones, the optional ones some row has (a DataFrame always has trainable)"
         has = {c for c in _OPTIONAL if any(getattr(r, c) is not None for r in self.rows)}
         cols = [c for c in _COLS if c not in _OPTIONAL and c != 'trainable' or c in has]
-        if df or 'frozen' in has: cols.insert(cols.index('pct') + 1 + ('lr' in has) + ('frozen' in has), 'trainable')
+        if df or 'frozen' in has:
+            cols.insert(cols.index('pct') + 1 + ('lr' in has) + ('frozen' in has), 'trainable')
         return cols
 
     def to_text(self) -> str:
@@ -85,7 +86,8 @@ class GroupTable(Report):
 def group_table(model, groups: list[list[nn.Parameter]], lrs: Sequence[float] | None = None,
                 names: Sequence[str] | None = None) -> GroupTable:
     "A table of `model`'s `groups`: per group the first and last module path, tensors, parameters, % of total"
-    # and each group's learning rate, when `lrs` is given, and name ('stem', 'stage 2', 'head') when `names` is
+    # and each group's learning rate, when `lrs` is given,
+    # and name ('stem', 'stage 2', 'head') when `names` is
     model = grouped_model(model)
     for what, xs in (('lrs', lrs), ('names', names)):
         if xs is not None and len(xs) != len(groups):
