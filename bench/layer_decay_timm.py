@@ -89,13 +89,43 @@ def render(rows: list[dict], minutes: float) -> str:
         kinds = collections.Counter(r['wd_first'].split(':')[0].rpartition('.')[2] for r in wd_bad)
         out += ['', f'## Weight decay differs ({len(wd_bad)} models)', '',
                 'Most common first differing parameter (by leaf name): '
-                + ', '.join(f'`{k}` {v}' for k, v in kinds.most_common(10)), '',
+                + ', '.join(f'`{k}` {v}' for k, v in kinds.most_common(10)), '', why(wd_bad), '',
                 '| model | params differing | first |', '| --- | ---: | --- |']
         out += [f'| {r["name"]} | {r["wd_diff"]}/{r["params"]} | {r["wd_first"]} |' for r in wd_bad]
     if errs:
         out += ['', f'## Errors ({len(errs)})', '', '| model | error |', '| --- | --- |']
         out += [f'| {r["name"]} | {r["error"]} |' for r in errs]
     return '\n'.join(out) + '\n'
+
+
+WHY = {
+    'layer scale': "layer-scale gammas stored with more than one dimension (FastViT's, SwiftFormer's, iFormer's "
+                   "`(C, 1, 1)`): timm decays them (its rule is `ndim <= 1`), fast_impl never decays a layer scale, "
+                   "as timm does for the 1-d ones",
+    'temperature': "attention temperatures (XCiT's, EdgeNeXt's): each attention block's own `no_weight_decay()` lists "
+                   "`temperature`; timm's optimizer factory reads only the root model's list, fast_impl reads every "
+                   "module's",
+    'position embedding': "position embeddings the root's `no_weight_decay()` leaves out (Hiera's `pos_embed_win`, "
+                          "Visformer's `pos_embed1..3`, the CLIP ResNets' `head.pos_embed`, NaFlexViT's "
+                          "`pos_embed_y`): fast_impl never decays a position embedding, timm decays these",
+}
+
+
+def _kind(first: str) -> str:
+    "Why a model's first differing parameter differs (one of `WHY`, else 'other')"
+    name = first.split(':')[0]
+    if 'gamma' in name or 'layer_scale' in name: return 'layer scale'
+    if 'temperature' in name: return 'temperature'
+    if 'pos_embed' in name: return 'position embedding'
+    return 'other'
+
+
+def why(bad: list[dict]) -> str:
+    "The reasons behind the weight-decay differences, with how many models each explains"
+    counts = collections.Counter(_kind(r['wd_first']) for r in bad)
+    return 'Why (by the first differing parameter of each model): ' + '; '.join(
+        f'{n} models: {WHY.get(k, "another policy difference (see the table)")}' for k, n in counts.most_common()) + \
+        '. In every model the LR scales agree; only these parameters\' weight decay differs.'
 
 
 def main():
