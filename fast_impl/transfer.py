@@ -41,7 +41,9 @@ class SkipValid(Callback):
     def before_validate(self): raise CancelValidException()
 
 
-# the base LR of each method tuned by bench/transfer.py (best of 3e-3, 1e-2, 3e-2 on 3 tuning seeds)
+# the demo's base LR of each method, tuned by bench/transfer.py (best of 3e-3, 1e-2, 3e-2 on 3 tuning seeds) in its
+# 2-thread run; the 1-thread rerun in bench/results/transfer.md picked 1e-2, 3e-2, 3e-2 for the whole model, the
+# fastai model with stage groups and the slice (kept here: the demo's README table comes from these)
 TUNED_LRS = {'from scratch': 1e-2, 'whole model, one LR': 3e-3, 'fastai vision_learner + fine_tune': 3e-2,
              'fastai model, fast_impl stage groups + fine_tune': 1e-2, 'fast_impl stage groups + slice(lr/10, lr)': 1e-2,
              'fast_impl stage groups + layer decay 0.75': 1e-2}
