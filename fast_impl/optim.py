@@ -136,7 +136,7 @@ class GroupTracker:
     def __init__(self, optimizer, every: int = 1):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a whole number of steps >= 1; got {every!r}")
-        self.opt, self.every, self.rows, self.n = optimizer, every, [], 0
+        self.opt, self.every, self.rows, self.n, self._on = optimizer, every, [], 0, False
 
     def _groups(self) -> list[tuple[str, list[nn.Parameter], float]]:
         "(name, parameters, lr) per layer group of the optimizer"
