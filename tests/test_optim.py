@@ -118,6 +118,30 @@ def test_blocks_timm_with_a_new_head_and_headless():
     assert named[-1][0] == 'head' and _names(m, named[-1][1])[0] == 'fc.0.weight' and len(named) == 10
 
 
+def test_blocks_of_a_users_wrapper_around_a_timm_backbone():
+    "timm's own blocks inside a user's model; the wrapper's layers before it join the stem, those after it the head"
+    import timm
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre = nn.Conv2d(1, 3, 1)  # grey images in
+            self.head = nn.Sequential(nn.Linear(640, 64), nn.ReLU(), nn.Linear(64, 2))  # registered before the body
+            self.backbone = timm.create_model('convnext_nano', num_classes=0)
+        def forward(self, x): return self.head(self.backbone(self.pre(x)))
+    with torch.device('meta'): net = Net()
+    named = named_groups(net, 'blocks')
+    alone = named_groups(timm.create_model('convnext_nano', num_classes=0).to('meta'), 'blocks')
+    assert len(named) == len(alone) + 1  # timm's blocks, and a head
+    assert _names(net, named[0][1])[:3] == ['pre.weight', 'pre.bias', 'backbone.stem.0.weight']
+    assert named[-1][0] == 'head' and _names(net, named[-1][1]) == ['head.0.weight', 'head.0.bias', 'head.2.weight',
+                                                                       'head.2.bias']
+    # LeViT's classifier is two heads (head, head_dist): both in the head group
+    levit = resolve('levit_128')
+    last = named_groups(levit, 'blocks')[-1]
+    assert last[0] == 'head' and {n.split('.')[0] for n in _names(levit, last[1])} == {'head', 'head_dist'}
+
+
 def test_wrapped_models_give_the_same_groups():
     m = resolve('torchvision:resnet18')
     want = [[id(p) for p in g['params']] for g in param_groups(m, 1e-3, wd=0.1)]

@@ -92,26 +92,48 @@ def named_blocks(model, head=None) -> list[tuple[str, list[nn.Parameter]]]:
     return list(zip(names, _to_params(p, groups)))
 
 
-def _timm_blocks(model: nn.Module, head) -> list[tuple[str, list[nn.Parameter]]] | None:
-    "timm's fine `group_matcher` groups of `model` (or of a fastai model's body), the head last; None: none"
+def _timm_body(model: nn.Module) -> tuple[str, nn.Module] | None:
+    "(prefix, module) of the timm model with a `group_matcher` `model` is or wraps (over half its weights)"
     v = view(model)
-    matcher = getattr(v.body, 'group_matcher', None)
-    if not callable(matcher) or 'timm' not in type(v.body).__module__: return None
+    total = sum(p.numel() for p in model.parameters())
+    for name, m in [('', model), (v.prefix.rstrip('.'), v.body)] + list(model.named_modules()):
+        if not callable(getattr(m, 'group_matcher', None)) or 'timm' not in type(m).__module__: continue
+        if 2 * sum(p.numel() for p in m.parameters()) > total: return (f'{name}.' if name else ''), m
+    return None
+
+
+def _classifier_params(m: nn.Module) -> set[int]:
+    "ids of the parameters of timm's `get_classifier()` (one module, or several: LeViT's head and head_dist)"
+    get = getattr(m, 'get_classifier', None)
+    heads = get() if callable(get) else ()
+    heads = [heads] if isinstance(heads, nn.Module) else [h for h in heads if isinstance(h, nn.Module)]
+    return {id(q) for h in heads for q in h.parameters()}
+
+
+def _timm_blocks(model: nn.Module, head) -> list[tuple[str, list[nn.Parameter]]] | None:
+    """timm's fine `group_matcher` groups of the timm model `model` is or wraps (a fastai body, a user's
+    `backbone`), the head last; None where there is none. Layers outside it that run before it join the stem,
+    the others the head."""
+    found = _timm_body(model)
+    if found is None: return None
+    prefix, body = found
     from timm.models import group_parameters
-    try: layer = group_parameters(v.body, matcher(coarse=False), reverse=True)
+    try: layer = group_parameters(body, body.group_matcher(coarse=False), reverse=True)
     except Exception: return None
     ix = Index(model)
-    last = max(layer.values(), default=0) + 1
-    # unmatched (the classifier, a new head): last, as timm does
-    ids = {n: layer.get(n[len(v.prefix):], last) if n.startswith(v.prefix) else last for n in ix.weights}
+    first, last = min(layer.values(), default=0), max(layer.values(), default=0) + 1
+    inside = [n for n in ix.weights if n.startswith(prefix)]
+    start = min((ix.rank[n] for n in inside if n in ix.rank), default=None)
+    # unmatched (the classifier, a new head): last, as timm does; a wrapper's own layers before the body: stem
+    before = lambda n: start is not None and ix.rank.get(n, start) < start
+    ids = {n: layer.get(n[len(prefix):], last) if n.startswith(prefix) else first if before(n) else last
+           for n in ix.weights}
     ids.update({n: last for n in ix.weights for h in head_modules(model, head) if under(n, h)})
     order = sorted(set(ids.values()))
     if len(order) < 2: return None
     groups = [[n for n in ix.weights if ids[n] == k] for k in order]
     # the head: the classifier's group (timm puts what its matcher misses there), or the modules `head` names
-    get = getattr(v.body, 'get_classifier', None)
-    clf = {id(q) for q in get().parameters()} if callable(get) and isinstance(get(), nn.Module) else set()
-    own = dict(ix.params)
+    clf, own = _classifier_params(body), dict(ix.params)
     has_head = order[-1] == last or any(id(own[n]) in clf for n in groups[-1])
     names = ['stem'] + [f'block {i}' for i in range(1, len(groups) - has_head)] + ['head'] * has_head
     return list(zip(names, _to_params(Plan(model, [], 'timm', ix), groups)))
