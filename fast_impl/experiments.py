@@ -265,14 +265,14 @@ def _check_groups(archs: list, kws: list, groups):
 
 def _plan(archs: list, **kw) -> _Plan:
     "The inputs of `train_archs` checked, cheapest first, before anything is read or written"
-    from .lr import layer_decay
+    from .lr import check_decay
     if not archs: raise ValueError("give at least one arch to train")
     for what, lo in (('epochs', 1), ('bs', 1), ('size', 8), ('seed', 0)): _int(kw[what], what, lo)
     if kw['limit'] is not None: _int(kw['limit'], 'limit', 1)
     kw['lr'] = _check_lr(kw['lr'])
     if kw['decay'] is not None:
         if isinstance(kw['lr'], slice): raise ValueError("give either lr=slice(lo, hi) or decay, not both")
-        layer_decay(kw['lr'], 1, kw['decay'])  # checks decay
+        check_decay(kw['decay'])
     kw.update(data=_check_data(kw['data']), out=_check_out(kw['out']), device=_check_device(kw['device']),
               norm=None if kw['norm'] is None else _norm(kw['norm']), opt=_enum(Opt, kw['opt'], 'opt'),
               schedule=_enum(Schedule, kw['schedule'], 'schedule'),
@@ -300,9 +300,9 @@ def _dls(plan: _Plan, bs: int):
     if plan.data is not Dataset.digits: return folder_dls(plan.data, limit=plan.limit, norm=norm, **kw)
     dls = digits_dls(n_per_class=plan.limit, **kw)
     if NORM_STATS[norm]:
-        from fastai.data.transforms import Normalize
-        dls.add_tfms([Normalize.from_stats(*NORM_STATS[norm])], 'after_batch')
-    return dls.to(dls.train.device)  # the added stats go where the batches go
+        from .learner import _add_norm
+        _add_norm(dls, NORM_STATS[norm])
+    return dls
 
 
 def _n_images(plan: _Plan) -> tuple[int, int]:
@@ -360,7 +360,6 @@ def _learner(dls, arch, kw: dict, plan: _Plan, folder: pathlib.Path):
     learn = discriminative_learner(dls, arch, groups=plan.groups, pretrained=plan.pretrained,
                                    normalize=plan.norm is None, metrics=accuracy,
                                    opt_func=_opt_func(plan.opt), path=folder, model_dir='.', **kw)
-    dls.to(dls.train.device)  # a Normalize added since (the arch's stats) goes where the batches go
     learn.remove_cb(learn.recorder)
     learn.add_cbs([EpochRecorder(), KeepBest()])
     if plan.pretrained: learn.unfreeze()  # every group trains, each at its own rate

@@ -17,9 +17,9 @@ import fastai.callback.schedule, fastai.callback.progress  # noqa: F401  (fit_on
 from fastai.vision.core import imagenet_stats
 
 from .lr import check_lrs, layer_decay  # noqa: F401  (layer_decay: re-exported from the light `lr` module)
-from .optim import GroupTracker, group_rates, is_norm, no_decay_params, plot_group_stats  # noqa: F401  (fastai-free)
+from .optim import GroupTracker, check_count, group_rates, is_norm, no_decay_params, plot_group_stats  # noqa: F401
 from .resolve import arch_name, check_pretrained, read_weights, resolve
-from .split import check_groups, group_table, named_groups, splitter
+from .split import Splitter, check_groups, group_table, named_groups, splitter
 from .split.table import GroupTable
 from .tree import unwrap
 
@@ -141,7 +141,10 @@ class DiscriminativeLearner(Learner):
     def create_opt(self):
         from fastai.optimizer import OptimWrapper
         if not isinstance(self.opt_func, OptimWrapper):
-            check_groups(unwrap(self.model), _as_groups(self.splitter(self.model)))
+            if isinstance(self.splitter, Splitter): named = self.splitter.named(self.model)
+            else: named = [(f'group {i + 1}', g) for i, g in enumerate(_as_groups(self.splitter(self.model)))]
+            check_groups(unwrap(self.model), [g for _, g in named])
+            self._group_names = [x for x, _ in named]  # the optimizer's groups, as group_labels shows them
         super().create_opt()
 
     def freeze_to(self, n: int):
@@ -177,13 +180,12 @@ class DiscriminativeLearner(Learner):
         if n < 2:
             raise ValueError(f"gradual_unfreeze needs 2 or more layer groups to unfreeze one by one; this Learner "
                              f"has {n}: build it with groups='stages', 'blocks' or a number")
-        whole = lambda v: not isinstance(v, bool) and isinstance(v, int) and v >= 1
-        if not whole(step): raise ValueError(f"step must be a whole number >= 1; got {step!r}")
-        starts = list(range(n - 1, 0, -step)) + [0]
+        starts = list(range(n - 1, 0, -check_count(step, 'step'))) + [0]
         per = list(epochs) if isinstance(epochs, (list, tuple)) else [epochs] * len(starts)
-        if len(per) != len(starts) or not all(map(whole, per)):
+        if len(per) != len(starts):
             raise ValueError(f"epochs must be a whole number >= 1, or a list of {len(starts)} of them (one per phase: "
                              f"{n} groups, step {step}); got {epochs!r}")
+        per = [check_count(e, 'epochs') for e in per]
         lrs = np.array(group_rates(lr_max, n, decay))
         names = group_labels(self)
         for k, (at, e) in enumerate(zip(starts, per)):
@@ -284,11 +286,10 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
 def group_labels(learn: Learner) -> list[str]:
     "The name of each layer group of `learn` ('stem', 'stage 2', 'block 7', 'head'; 'group i' for other splitters)"
     n = learn.n_groups
-    named = getattr(learn.splitter, 'named', None)
-    if callable(named):
-        names = [x for x, _ in named(learn.model)]
-        if len(names) == n: return names
-    return [f'group {i + 1}' for i in range(n)]
+    names = getattr(learn, '_group_names', None)  # the optimizer's groups, named when it was made
+    if names is None and callable(getattr(learn.splitter, 'named', None)):
+        names = [x for x, _ in learn.splitter.named(learn.model)]
+    return names if names is not None and len(names) == n else [f'group {i + 1}' for i in range(n)]
 
 
 @patch

@@ -1,7 +1,7 @@
 "Learning rates per layer group, checked: layer decay and fastai's LR forms (no fastai import: a light CLI)."
 from __future__ import annotations
 
-__all__ = ['check_lr', 'check_lrs', 'lr_spread', 'layer_decay', 'n_groups_of']
+__all__ = ['check_lr', 'check_lrs', 'check_decay', 'lr_spread', 'layer_decay', 'n_groups_of']
 
 import math, numbers, warnings
 
@@ -47,10 +47,16 @@ def n_groups_of(n_groups) -> int:
     return int(n)
 
 
+def check_decay(decay, none_ok: bool = False) -> float | None:
+    "`decay` as a float in (0, 1] (or None, where `none_ok`: rates from lr/10 to lr); else a `ValueError`"
+    if decay is None and none_ok: return None
+    if isinstance(decay, numbers.Real) and not isinstance(decay, bool) and 0 < decay <= 1: return float(decay)
+    alt = ", or None for rates from lr/10 to lr" if none_ok else ''
+    raise ValueError(f"decay must be in (0, 1] (1 means one LR for all groups){alt}; got {decay!r}")
+
+
 def layer_decay(lr_max: float, n_groups, decay: float = 0.75) -> np.ndarray:
     """Per-group learning rates: the head (last group) gets `lr_max`, each earlier group `decay` times the
     next; `n_groups` is a number or a `Learner` (its `n_groups`), so it works before the first fit"""
-    lr_max, n = check_lr(lr_max, 'lr_max'), n_groups_of(n_groups)
-    ok = isinstance(decay, numbers.Real) and not isinstance(decay, bool) and 0 < decay <= 1
-    if not ok: raise ValueError(f"decay must be in (0, 1] (1 means one LR for all groups); got {decay!r}")
+    lr_max, n, decay = check_lr(lr_max, 'lr_max'), n_groups_of(n_groups), check_decay(decay)
     return lr_max * decay ** np.arange(n - 1, -1, -1, dtype=float)

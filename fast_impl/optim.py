@@ -9,7 +9,7 @@ import contextlib, fnmatch, math, numbers, re
 import torch
 from torch import nn
 
-from .lr import check_lr, layer_decay, lr_spread
+from .lr import check_decay, check_lr, layer_decay, lr_spread
 from .tree import unwrap
 
 # ---------------------------------------------------------------- the no-weight-decay policy
@@ -66,19 +66,17 @@ def no_decay_params(model: nn.Module, with_bias: bool = True) -> list[nn.Paramet
 # ---------------------------------------------------------------- param_groups
 
 
-def check_decay(decay, what: str = 'decay'):
-    "`decay` as a float in (0, 1], or None; else a `ValueError`"
-    if decay is None: return None
-    ok = isinstance(decay, numbers.Real) and not isinstance(decay, bool) and 0 < decay <= 1
-    if not ok: raise ValueError(f"{what} must be in (0, 1] (1 means one LR for all groups), or None for "
-                                f"rates from lr/10 to lr; got {decay!r}")
-    return float(decay)
+def check_count(v, what: str) -> int:
+    "`v` when it is a whole number >= 1 (steps, epochs); else a `ValueError` naming `what`"
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{what} must be a whole number >= 1; got {v!r}")
+    return v
 
 
 def group_rates(lr: float, n: int, decay: float | None = None) -> list[float]:
     """The rate of each of `n` groups, the head's (last) `lr`: each earlier group `decay` times the next, or,
     with `decay=None`, geometric from `lr/10` to `lr` (fastai's `slice(lr/10, lr)`)"""
-    lr, decay = check_lr(lr, 'lr'), check_decay(decay)
+    lr, decay = check_lr(lr, 'lr'), check_decay(decay, none_ok=True)
     if decay is None: return lr_spread(lr / 10, lr, n)
     return [float(x) for x in layer_decay(lr, n, decay)]
 
@@ -107,7 +105,7 @@ def param_groups(model: nn.Module, lr: float, groups='stages', decay: float | No
     (the layer group's index) and `lr_scale` (`lr` / the head's rate, which timm's schedulers read).
     """
     from .split.splitters import named_groups
-    lr, decay, wd = check_lr(lr, 'lr'), check_decay(decay), _check_wd(wd)
+    lr, decay, wd = check_lr(lr, 'lr'), check_decay(decay, none_ok=True), _check_wd(wd)
     model = unwrap(model)
     if next(model.parameters(), None) is None:
         raise ValueError(f"{type(model).__name__} has no parameters to put in optimizer groups")
@@ -134,9 +132,7 @@ class GroupTracker:
     columns = ['step', 'group', 'name', 'lr', 'grad_norm', 'update_ratio']
 
     def __init__(self, optimizer, every: int = 1):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a whole number of steps >= 1; got {every!r}")
-        self.opt, self.every, self.rows, self.n, self._on = optimizer, every, [], 0, False
+        self.opt, self.every, self.rows, self.n, self._on = optimizer, check_count(every, 'every'), [], 0, False
 
     def _groups(self) -> list[tuple[str, list[nn.Parameter], float]]:
         "(name, parameters, lr) per layer group of the optimizer"

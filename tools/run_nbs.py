@@ -10,13 +10,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-
-def notebooks(paths: list[str]) -> list[pathlib.Path]:
-    "The .ipynb files named by `paths` (folders are searched, checkpoints skipped)"
-    out = []
-    for p in map(pathlib.Path, paths):
-        out += sorted(f for f in p.glob('*.ipynb')) if p.is_dir() else [p]
-    return [f for f in out if '.ipynb_checkpoints' not in f.parts]
+from check_nbs import notebooks  # tools/, beside this script
 
 
 def run(nb_path: pathlib.Path, inplace: bool, timeout: int) -> float:

@@ -94,9 +94,8 @@ def named_blocks(model, head=None) -> list[tuple[str, list[nn.Parameter]]]:
 
 def _timm_body(model: nn.Module) -> tuple[str, nn.Module] | None:
     "(prefix, module) of the timm model with a `group_matcher` `model` is or wraps (over half its weights)"
-    v = view(model)
     total = sum(p.numel() for p in model.parameters())
-    for name, m in [('', model), (v.prefix.rstrip('.'), v.body)] + list(model.named_modules()):
+    for name, m in model.named_modules():  # the root first, then the outermost
         if not callable(getattr(m, 'group_matcher', None)) or 'timm' not in type(m).__module__: continue
         if 2 * sum(p.numel() for p in m.parameters()) > total: return (f'{name}.' if name else ''), m
     return None

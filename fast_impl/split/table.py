@@ -60,10 +60,8 @@ class GroupTable(Report):
     def _cols(self, df: bool = False) -> list[str]:
         "The columns shown: the fixed ones, the optional ones some row has (a DataFrame always has trainable)"
         has = {c for c in _OPTIONAL if any(getattr(r, c) is not None for r in self.rows)}
-        cols = [c for c in _COLS if c not in _OPTIONAL and c != 'trainable' or c in has]
-        if df or 'frozen' in has:
-            cols.insert(cols.index('pct') + 1 + ('lr' in has) + ('frozen' in has), 'trainable')
-        return cols
+        if df or 'frozen' in has: has.add('trainable')
+        return [c for c in _COLS if c in has or c not in _OPTIONAL + ('trainable',)]
 
     def to_text(self) -> str:
         cols = self._cols()
