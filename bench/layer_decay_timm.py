@@ -18,7 +18,7 @@ def compare(name: str) -> dict:
     import torch
     from timm.optim import param_groups_layer_decay
     from fast_impl.optim import param_groups
-    from fast_impl.resolve import resolve
+    from fast_impl.archs import resolve
     row = dict(name=name, matcher=False, params=0, lr_diff=0, wd_diff=0, lr_first='', wd_first='', error='',
                groups=0, timm_groups=0, seconds=0.)
     try:

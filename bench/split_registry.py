@@ -47,7 +47,7 @@ class Row:
 def arch_names(limit: int | None = None) -> list[str]:
     "Every timm model, every torchvision classifier, fastai's xresnets and the seed models, as `source:name`"
     import timm, torchvision
-    from fast_impl.resolve import known_names
+    from fast_impl.archs import known_names
     names = [f'timm:{n}' for n in timm.list_models()]
     names += [f'torchvision:{n}' for n in torchvision.models.list_models(module=torchvision.models)]
     names += known_names('fastai') + [f'fast_impl:{n}' for n in SEEDS]
@@ -56,7 +56,7 @@ def arch_names(limit: int | None = None) -> list[str]:
 
 def _build(name: str):
     from fast_impl import models
-    from fast_impl.resolve import resolve
+    from fast_impl.archs import resolve
     src, _, bare = name.partition(':')
     if src == 'fast_impl' and bare in SEED_ARGS:
         import torch

@@ -146,7 +146,7 @@ def groups(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:N
     if sum([stages, blocks, n is not None, at is not None]) > 1:
         raise CliError('give one of --stages, --blocks, --n N, --at PATHS')
     rates = _rates(lr, decay)  # bad rates fail before the model is built
-    from .resolve import resolve
+    from .archs import resolve
     from .split import group_table, named_groups
     model = resolve(arch)
     kind = n if n is not None else _paths(at) if at is not None else 'blocks' if blocks else 'stages'
@@ -246,7 +246,7 @@ def _user_errors() -> tuple[type, ...]:
     input, or pretrained weights that cannot be fetched"""
     errs = [CliError, IndexError, KeyError, ValueError, FileNotFoundError, IsADirectoryError,
             NotADirectoryError]
-    stats, resolve = sys.modules.get('fast_impl.stats'), sys.modules.get('fast_impl.resolve')
+    stats, resolve = sys.modules.get('fast_impl.stats'), sys.modules.get('fast_impl.archs')
     if stats: errs.append(stats.ForwardError)
     if resolve: errs.append(resolve.WeightsUnavailableError)
     return tuple(errs)

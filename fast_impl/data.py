@@ -210,7 +210,7 @@ def cifar10_path(download: bool = True) -> pathlib.Path:
     `untar_data(URLs.CIFAR)`: read from fastai's data folder when it is there, else extracted from fastai's
     archive folder or downloaded. Not there and no network (or `download=False`): a one-line
     `FileNotFoundError` saying where to put it, within seconds"""
-    from .resolve import _reachable
+    from .archs import _reachable
     data, archive = _fastai_folders()
     folder, tgz = data / 'cifar10', archive / 'cifar10.tgz'
     if not (folder.is_dir() or tgz.is_file()):

@@ -180,7 +180,7 @@ def smallest_size(arch, above: int = 7, top: int = 1024) -> int | None:
 def _size_kwargs(arch, size: int) -> dict:
     """Builder arguments with which `arch` takes `size`x`size` images (`_size_kwargs_at`); else a one-line
     `ValueError` naming the smallest size that works"""
-    from .resolve import arch_name, resolve
+    from .archs import arch_name, resolve
     resolve(arch)  # an unknown name fails here, as itself
     kw, err = _size_kwargs_at(arch, size)
     if kw is not None: return kw
@@ -225,7 +225,7 @@ def _check_lr(lr) -> float | slice:
 
 def _check_weights(pretrained):
     "`pretrained`: True (the registry's weights), False, or a weights file that exists"
-    from .resolve import _load_file, check_pretrained
+    from .archs import _load_file, check_pretrained
     check_pretrained(pretrained)
     if pretrained not in (True, False, None) and not pathlib.Path(pretrained).is_file():
         _load_file(pretrained)  # its error: a folder, or no such file
@@ -259,7 +259,7 @@ class _Plan:
 def _check_groups(archs: list, kws: list, groups):
     "Each arch, built on meta, splits into `groups` (the Learner's own check and message)"
     from .learner import _splitter
-    from .resolve import resolve
+    from .archs import resolve
     for arch, kw in zip(archs, kws): _splitter(groups, resolve(arch, **kw))
 
 
@@ -334,7 +334,7 @@ def _batch_size(plan: _Plan) -> int:
 
 def _slug(arch) -> str:
     "A folder name for `arch`: its display name, anything but letters, digits, '.', '-' and '_' as '_'"
-    from .resolve import arch_name
+    from .archs import arch_name
     return re.sub(r'[^\w.-]', '_', arch_name(arch))
 
 
@@ -406,7 +406,7 @@ def _fit(dls, arch, kw: dict, plan: _Plan, title: str) -> TrainResult:
 
 def _result(learn, arch, seconds: float, weights: pathlib.Path) -> TrainResult:
     "The fit's record: per-epoch curves, and the figures of the best epoch (whose weights `KeepBest` kept)"
-    from .resolve import arch_name
+    from .archs import arch_name
     from .tree import num_params
     rec = learn.recorder
     curves = {k: [float(v[i]) for v in rec.values] for i, k in enumerate(HISTORY[1:5])}

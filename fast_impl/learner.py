@@ -18,7 +18,7 @@ from fastai.vision.core import imagenet_stats
 
 from .lr import check_lrs, layer_decay  # noqa: F401  (layer_decay: re-exported from the light `lr` module)
 from .optim import GroupTracker, check_count, group_rates, is_norm, no_decay_params, plot_group_stats  # noqa: F401
-from .resolve import arch_name, check_pretrained, read_weights, resolve
+from .archs import arch_name, check_pretrained, read_weights, resolve
 from .split import Splitter, check_groups, group_table, named_groups, splitter
 from .split.table import GroupTable
 from .tree import unwrap

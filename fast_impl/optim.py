@@ -9,7 +9,8 @@ import contextlib, fnmatch, math, numbers, re
 import torch
 from torch import nn
 
-from .lr import check_decay, check_lr, layer_decay, lr_spread
+from .checks import check_count, check_decay, check_lr, check_wd
+from .lr import layer_decay, lr_spread
 from .tree import unwrap
 
 # ---------------------------------------------------------------- the no-weight-decay policy
@@ -66,25 +67,12 @@ def no_decay_params(model: nn.Module, with_bias: bool = True) -> list[nn.Paramet
 # ---------------------------------------------------------------- param_groups
 
 
-def check_count(v, what: str) -> int:
-    "`v` when it is a whole number >= 1 (steps, epochs); else a `ValueError` naming `what`"
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{what} must be a whole number >= 1; got {v!r}")
-    return v
-
-
 def group_rates(lr: float, n: int, decay: float | None = None) -> list[float]:
     """The rate of each of `n` groups, the head's (last) `lr`: each earlier group `decay` times the next, or,
     with `decay=None`, geometric from `lr/10` to `lr` (fastai's `slice(lr/10, lr)`)"""
     lr, decay = check_lr(lr, 'lr'), check_decay(decay, none_ok=True)
     if decay is None: return lr_spread(lr / 10, lr, n)
     return [float(x) for x in layer_decay(lr, n, decay)]
-
-
-def _check_wd(wd) -> float:
-    ok = isinstance(wd, numbers.Real) and not isinstance(wd, bool) and math.isfinite(wd) and wd >= 0
-    if not ok: raise ValueError(f"wd must be a finite weight decay >= 0 such as 0.05; got {wd!r}")
-    return float(wd)
 
 
 def param_groups(model: nn.Module, lr: float, groups='stages', decay: float | None = None, wd: float = 0.0,
@@ -105,7 +93,7 @@ def param_groups(model: nn.Module, lr: float, groups='stages', decay: float | No
     (the layer group's index) and `lr_scale` (`lr` / the head's rate, which timm's schedulers read).
     """
     from .split.splitters import named_groups
-    lr, decay, wd = check_lr(lr, 'lr'), check_decay(decay, none_ok=True), _check_wd(wd)
+    lr, decay, wd = check_lr(lr, 'lr'), check_decay(decay, none_ok=True), check_wd(wd)
     model = unwrap(model)
     if next(model.parameters(), None) is None:
         raise ValueError(f"{type(model).__name__} has no parameters to put in optimizer groups")

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import flop_registry
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from .render import Report, fmt_int, fmt_shape, html_table
-from .resolve import arch_name, native_input_size, resolve
+from .archs import arch_name, native_input_size, resolve
 from .tree import copy_to, eval_mode, num_params, unwrap, walk
 
 CONVENTION = ('mult-adds: one per multiply-accumulate of conv, linear, matmul and attention '

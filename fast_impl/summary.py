@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .render import Report, pretty_table
-from .resolve import arch_name, resolve
+from .archs import arch_name, resolve
 from .tree import Path, find_module, n_layers, num_params, unwrap
 
 

@@ -19,7 +19,7 @@ from fastprogress.fastprogress import progress_bar
 
 from .data import digits_dls
 from .learner import discriminative_learner, layer_decay
-from .resolve import read_weights
+from .archs import read_weights
 from .split import stage_splitter
 
 

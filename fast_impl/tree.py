@@ -93,7 +93,7 @@ def find_module(model: nn.Module, path: Path) -> tuple[str, tuple[int, ...], nn.
 
 def get_module(arch, path: Path = None) -> nn.Module:
     "The module of `arch` at `path`: an int, a list of ints (`[4, 0]`), a dotted name (`'layer1.0'`) or a mix"
-    from .resolve import resolve
+    from .archs import resolve
     return find_module(unwrap(resolve(arch)), path)[2]
 
 

@@ -96,7 +96,7 @@ def sandbox(tmp_path, monkeypatch):
     for d in ('train', 'valid'): (tmp_path / 'empty' / d).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv('FASTAI_HOME', str(tmp_path / 'fastai_home'))  # holds no CIFAR-10 (and is not created)
-    monkeypatch.setattr('fast_impl.resolve._reachable', lambda url, timeout: False)  # offline, always
+    monkeypatch.setattr('fast_impl.archs._reachable', lambda url, timeout: False)  # offline, always
     return tmp_path
 
 
@@ -131,11 +131,13 @@ def _dls():
 
 def _api():
     "(id, setup, call, error type, message piece): `call(setup())` must raise, leaving what setup gave as is"
-    from fast_impl import (UnknownArchError, arch_summary, compare_archs, count_parameters, digits_dls,
-                           digits_images, get_module, layer_decay, layer_summary, resolve)
+    from fast_impl import (arch_summary, compare_archs, count_parameters, digits_dls, get_module, layer_decay,
+                           layer_summary, resolve)
+    from fast_impl.archs import UnknownArchError
+    from fast_impl.data import digits_images
     from fast_impl.experiments import train_archs
     from fast_impl.lr import check_lrs
-    from fast_impl.resolve import load_weights
+    from fast_impl.archs import load_weights
     from fast_impl.stats import ForwardError
     none = lambda: None
     nan = float('nan')

@@ -66,7 +66,7 @@ def test_untar_data_finds_it_already_there(home, tmp_path, monkeypatch):
 
 
 def test_cifar10_dls(home):
-    from fast_impl import cifar10_dls
+    from fast_impl.data import cifar10_dls
     dls = cifar10_dls(size=40, bs=8, limit=2, device='cpu')
     assert dls.c == 10 and list(dls.vocab) == CLASSES
     assert len(dls.train_ds) == len(dls.valid_ds) == 20  # `limit` per class in train and in test
@@ -79,9 +79,9 @@ def test_cifar10_dls(home):
 
 
 def test_missing_dataset_is_one_line_within_seconds(tmp_path, monkeypatch):
-    from fast_impl import cifar10_dls
+    from fast_impl.data import cifar10_dls
     monkeypatch.setenv('FASTAI_HOME', str(tmp_path))
-    monkeypatch.setattr('fast_impl.resolve._reachable', lambda url, timeout: False)  # as with no network
+    monkeypatch.setattr('fast_impl.archs._reachable', lambda url, timeout: False)  # as with no network
     start = time.time()
     with pytest.raises(FileNotFoundError) as e: cifar10_dls()
     msg = str(e.value)

@@ -7,8 +7,9 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import fast_impl
-from fast_impl import arch_summary, count_parameters, get_module, UnknownArchError
-from fast_impl.resolve import resolve
+from fast_impl import arch_summary, count_parameters, get_module
+from fast_impl.archs import UnknownArchError
+from fast_impl.archs import resolve
 from fast_impl.models import Plain18Layer, Plain28Layer
 
 GOLDEN = pathlib.Path(__file__).parent / 'golden'
@@ -258,7 +259,7 @@ def test_built_module_with_pretrained_true_is_a_clear_error():
 
 def test_only_module_classes_are_fast_impl_archs():
     with pytest.raises(UnknownArchError, match="no fast_impl model"): resolve('fast_impl:VGG_CFGS')
-    assert 'fast_impl:VGG_CFGS' not in fast_impl.known_names('fast_impl')
+    assert 'fast_impl:VGG_CFGS' not in fast_impl.archs.known_names('fast_impl')
 
 
 def test_ddp_checkpoint_prefixes_are_stripped(tmp_path):

@@ -17,7 +17,7 @@ from fastai.torch_core import TensorImage
 
 from fast_impl.learner import (DiscriminativeLearner, arch_stats, build_model, classifier_name, discriminative_learner,
                                is_norm, layer_decay, no_decay_params)
-from fast_impl.resolve import resolve
+from fast_impl.archs import resolve
 from fast_impl.split import GroupError
 
 torch.set_num_threads(1)  # tiny models; on a busy machine 2 threads spin (10x slower)

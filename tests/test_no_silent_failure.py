@@ -13,7 +13,7 @@ from torch import nn
 import fast_impl
 from fast_impl import compare_archs, layer_decay, layer_summary
 from fast_impl.cli import main
-from fast_impl.resolve import UnknownArchError, WeightsUnavailableError, native_input_size, resolve
+from fast_impl.archs import UnknownArchError, WeightsUnavailableError, native_input_size, resolve
 
 ROOT = pathlib.Path(__file__).parents[1]
 torch.set_num_threads(1)  # tiny models; on a busy machine 2 threads spin (10x slower)
@@ -248,7 +248,7 @@ def test_11_notebook_05_tells_the_truth_about_frozen_biases():
 
 
 def test_11_xresnet_names_close_their_file():
-    from fast_impl.resolve import _xresnet_names
+    from fast_impl.archs import _xresnet_names
     with warnings.catch_warnings():
         warnings.simplefilter('error', ResourceWarning)
         names = _xresnet_names()

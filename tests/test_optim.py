@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from fast_impl import param_groups, split_blocks, GroupTracker, no_decay_params
-from fast_impl.resolve import resolve
+from fast_impl import param_groups, split_blocks, GroupTracker
+from fast_impl.optim import no_decay_params
+from fast_impl.archs import resolve
 from fast_impl.split import named_groups, split_stages
 
 

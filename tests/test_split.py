@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 from fast_impl import models
-from fast_impl.resolve import resolve
+from fast_impl.archs import resolve
 from fast_impl.split import (GroupError, Splitter, at_splitter, check_groups, first_use_order, group_names,
                              group_table, n_splitter, order_violations, plan, split_at, split_n, split_stages,
                              splitter, stage_blocks, stage_splitter)

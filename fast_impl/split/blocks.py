@@ -113,7 +113,7 @@ class View:
 def as_model(model) -> nn.Module:
     "`model` as a bare module: a name or builder is built on meta, DDP/compile wrappers removed"
     if isinstance(model, nn.Module): return unwrap(model)
-    from ..resolve import resolve
+    from ..archs import resolve
     return unwrap(resolve(model))
 
 

@@ -1,7 +1,7 @@
 "The group functions: stages (`split_stages`), N balanced groups (`split_n`) and explicit cuts (`split_at`)."
 from __future__ import annotations
 
-__all__ = ['split_stages', 'split_blocks', 'split_n', 'split_at', 'stage_blocks', 'balance', 'check_n',
+__all__ = ['split_stages', 'split_blocks', 'split_n', 'split_at', 'stage_blocks', 'balance',
            'named_stages', 'named_blocks', 'named_n', 'named_at']
 
 import warnings
@@ -9,6 +9,7 @@ from typing import Sequence
 
 from torch import nn
 
+from ..checks import check_count
 from ..tree import find_module
 from .blocks import CONTAINERS, LATE, Block, Index, Plan, as_model, owner, under, view
 from .check import GroupError, check_groups, name_violations
@@ -178,13 +179,6 @@ def _sizes(p: Plan) -> str:
     return ' or '.join(str(s) for s in input_sizes(p.model, p.index.input_size))
 
 
-def check_n(n) -> int:
-    "`n` if it is a whole number of groups >= 1, else a `ValueError`"
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a whole number of groups >= 1, got {n!r}")
-    return n
-
-
 def balance(weights: Sequence[int], k: int) -> list[int]:
     "Lengths of `k` contiguous non-empty runs of `weights` (k <= len) whose largest sum is as small as can be"
     lo, hi = max(weights), sum(weights)
@@ -213,7 +207,7 @@ def split_n(model, n: int, head=None) -> list[list[nn.Parameter]]:
 
 def named_n(model, n: int, head=None) -> list[tuple[str, list[nn.Parameter]]]:
     "`split_n` with each group's name: 'group 1', ..., and 'head' for the head group"
-    n = check_n(n)
+    n = check_count(n, 'n')
     p = _plan(model, head)
     groups = _n_groups(p, n)
     if len(groups) < n:

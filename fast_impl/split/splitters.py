@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .groups import check_n, named_at, named_blocks, named_n, named_stages
+from ..checks import check_count
+from .groups import named_at, named_blocks, named_n, named_stages
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Splitter:
     def __post_init__(self):
         if self.kind not in _SPLITS:
             raise ValueError(f"unknown splitter kind {self.kind!r}; valid: {', '.join(_SPLITS)}")
-        if self.kind == 'n': check_n(self.arg)
+        if self.kind == 'n': check_count(self.arg, 'n')
 
     def __call__(self, model) -> list[list[nn.Parameter]]:
         return [g for _, g in self.named(model)]

@@ -5,7 +5,7 @@ __all__ = ['resolve', 'arch_name', 'UnknownArchError', 'WeightsUnavailableError'
            'SOURCES', 'known_names', 'on_meta', 'load_weights', 'read_weights', 'check_pretrained',
            'native_input_size']
 
-import difflib, inspect, os, socket, sys, types, urllib.parse, urllib.request, warnings
+import difflib, inspect, os, socket, sys, urllib.parse, urllib.request, warnings
 from contextlib import contextmanager
 from typing import Callable
 
@@ -344,12 +344,3 @@ def arch_name(arch) -> str:
     if isinstance(arch, str): return arch
     if isinstance(arch, nn.Module): return type(arch).__name__
     return getattr(arch, '__name__', None) or type(arch).__name__
-
-
-class _CallableModule(types.ModuleType):
-    "This module, callable as its `resolve` function: `from fast_impl import resolve; resolve('resnet50')`"
-    def __call__(self, *args, **kwargs): return resolve(*args, **kwargs)
-
-
-__signature__ = inspect.signature(resolve)
-sys.modules[__name__].__class__ = _CallableModule
