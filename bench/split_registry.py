@@ -90,7 +90,7 @@ def _order(row: Row, m, gs, g4, name: str):
 
 def _timed_trace():
     "Wrap the split's forward pass to time it (a benchmark-only hook); returns the list the times go to"
-    import fast_impl.split.trace as T
+    import fast_impl.forward as T
     times, inner = [], T.trace
     def trace(*a, **k):
         t = time.perf_counter()

@@ -52,7 +52,7 @@ def _reference(model) -> int:
 def _run_tool(tool: str, name: str) -> tuple[int, int]:
     "Build `name` and summarise it with `tool`: (total mult-adds, parameters)"
     from torchinfo import summary
-    from fast_impl.stats import layer_summary
+    from fast_impl.summary import layer_summary
     if tool == 'layer_summary':
         s = layer_summary(f'{MODELS[name]}:{name}', input_size=SIZE, depth=3)
         return s.total_mult_adds, s.total_params
@@ -66,7 +66,7 @@ def _run_tool(tool: str, name: str) -> tuple[int, int]:
 
 def worker(tool: str, name: str) -> dict:
     "Run one measurement in this (fresh) process; imports are done before the clock and the RSS baseline start"
-    import timm, torch, torchvision, torchinfo, fast_impl.stats  # noqa: F401  (the same imports for every tool)
+    import timm, torch, torchvision, torchinfo, fast_impl.summary  # noqa: F401  (the same imports for every tool)
     torch.set_num_threads(os.cpu_count() or 1)
     base = _peak_mb()
     t = time.perf_counter()

@@ -9,7 +9,7 @@ __version__ = '0.1.0'
 _WHERE = {
     'resolve': 'archs',
     'arch_summary': 'summary', 'get_module': 'tree', 'count_parameters': 'summary',
-    'layer_summary': 'stats', 'compare_archs': 'stats',
+    'layer_summary': 'summary', 'compare_archs': 'summary',
     'split_stages': 'split', 'split_blocks': 'split', 'split_n': 'split', 'split_at': 'split',
     'check_groups': 'split', 'group_table': 'split', 'splitter': 'split',
     'param_groups': 'optim', 'layer_decay': 'lr', 'GroupTracker': 'optim',

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 __all__ = ['resolve', 'arch_name', 'UnknownArchError', 'WeightsUnavailableError', 'register_source',
-           'SOURCES', 'known_names', 'on_meta', 'load_weights', 'read_weights', 'check_pretrained',
-           'native_input_size']
+           'SOURCES', 'known_names', 'on_meta', 'load_weights', 'read_weights', 'check_pretrained']
 
 import difflib, inspect, os, socket, sys, urllib.parse, urllib.request, warnings
 from contextlib import contextmanager
@@ -301,43 +300,6 @@ def load_weights(model: nn.Module, path) -> nn.Module:
                          f"unexpected {unexpected[:5]}")
     if skip: warnings.warn(f"weights not loaded (shape differs from the model, e.g. a new head): {skip}")
     return model
-
-# ---------------------------------------------------------------- native input size
-
-
-def native_input_size(model: nn.Module, arch=None) -> tuple[int, ...] | None:
-    """The input size (batch 1) `model` is made for: its patch embedding's `img_size` (timm) or `image_size`
-    (torchvision ViT), timm's `pretrained_cfg`, or the crop size of `arch`'s torchvision weights; else None"""
-    cfg = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
-    chans = cfg['input_size'][0] if cfg.get('input_size') else 3
-    embed = getattr(model, 'patch_embed', None)
-    side = _side(getattr(embed, 'img_size', None)) or _side(getattr(model, 'image_size', None))
-    if side: return (1, chans, *side)
-    if cfg.get('input_size'): return (1, *cfg['input_size'])
-    side = _side(_torchvision_crop(arch))
-    return (1, 3, *side) if side else None
-
-
-def _side(s) -> tuple[int, int] | None:
-    "`s` as (height, width): from an int or a pair of ints; None otherwise"
-    if isinstance(s, int) and not isinstance(s, bool) and s > 0: return (s, s)
-    pair = isinstance(s, (tuple, list)) and len(s) == 2
-    if pair and all(isinstance(i, int) and i > 0 for i in s): return tuple(s)
-    return None
-
-
-def _torchvision_crop(arch):
-    "The crop (else resize) size of the default torchvision weights of `arch` (a name or builder), or None"
-    if 'torchvision' not in sys.modules or not (isinstance(arch, str) or callable(arch)): return None
-    import torchvision
-    name = arch.strip().rpartition(':')[2].lower() if isinstance(arch, str) else arch
-    if isinstance(arch, str) and (arch.startswith(('timm:', 'fastai:', 'fast_impl:'))
-                                  or name not in torchvision.models.list_models()): return None
-    try: weights = torchvision.models.get_model_weights(name).DEFAULT
-    except (ValueError, KeyError, AttributeError, TypeError): return None
-    kw = getattr(weights.transforms, 'keywords', {}) or {}
-    return kw.get('crop_size') or kw.get('resize_size')
-
 
 def arch_name(arch) -> str:
     "A short display name for `arch` (a name, a builder or a module)"

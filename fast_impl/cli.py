@@ -76,7 +76,7 @@ def layers(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:N
            depth: int = 3,  # how many levels of the module tree to show
            format: FmtArg = 'text'):  # output format
     "Per-layer kernel shape, output shape, parameters and mult-adds of ARCH, from one pass on the meta device"
-    from .stats import layer_summary
+    from .summary import layer_summary
     print(_render(layer_summary(arch, input_size=_ints(input, '--input'), depth=depth), format))
 
 
@@ -94,7 +94,7 @@ def compare(*archs: str,  # two or more architectures
     "Compare ARCHs: parameters, mult-adds, depth, output shape, parameters per stage, change against the first"
     if len(archs) < 2:
         raise CliError(f"compare needs two or more ARCHs, got {len(archs)}; for one: fast-impl layers ARCH")
-    from .stats import compare_archs
+    from .summary import compare_archs
     print(_render(compare_archs(list(archs), input_size=_ints(input, '--input')), format))
 
 
@@ -246,7 +246,7 @@ def _user_errors() -> tuple[type, ...]:
     input, or pretrained weights that cannot be fetched"""
     errs = [CliError, IndexError, KeyError, ValueError, FileNotFoundError, IsADirectoryError,
             NotADirectoryError]
-    stats, resolve = sys.modules.get('fast_impl.stats'), sys.modules.get('fast_impl.archs')
+    stats, resolve = sys.modules.get('fast_impl.forward'), sys.modules.get('fast_impl.archs')
     if stats: errs.append(stats.ForwardError)
     if resolve: errs.append(resolve.WeightsUnavailableError)
     return tuple(errs)

@@ -150,7 +150,7 @@ def _size_kwargs_at(arch, size: int) -> tuple[dict | None, Exception | None]:
     """Builder arguments with which `arch` takes `size`x`size` images: none, or the image size for models made
     for one size (timm's `img_size`, torchvision's `image_size`), from a forward pass on meta (no weights);
     None and the first error when neither works"""
-    from .stats import ForwardError, layer_summary
+    from .summary import ForwardError, layer_summary
     first = None
     for kw in ({}, {'img_size': size}, {'image_size': size}):
         try:
@@ -539,7 +539,7 @@ def demo(out='demo_out', seeds: int = 5, quick: bool = False) -> dict:
     from . import transfer as T
     from .learner import layer_decay
     from .render import md_table
-    from .stats import layer_summary
+    from .summary import layer_summary
     from .summary import arch_summary
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an int >= 1 (repeats of each method); got {seeds!r}")

@@ -2,7 +2,7 @@
 the no-weight-decay policy, and `GroupTracker`, per-group statistics of a plain training loop."""
 from __future__ import annotations
 
-__all__ = ['param_groups', 'group_rates', 'no_decay_params', 'is_norm', 'GroupTracker']
+__all__ = ['param_groups', 'group_rates', 'no_decay_params', 'GroupTracker']
 
 import contextlib, fnmatch, math, numbers, re
 
@@ -11,23 +11,14 @@ from torch import nn
 
 from .checks import check_count, check_decay, check_lr, check_wd
 from .lr import layer_decay, lr_spread
+from .layers import is_norm
 from .tree import unwrap
 
 # ---------------------------------------------------------------- the no-weight-decay policy
 
-_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
-          getattr(nn, 'RMSNorm', nn.LayerNorm))
 _NO_WD_NAME = re.compile(r'(^|\.)((cls|class|dist|reg|register|mask)_?tokens?|pos_?embed\w*|'
                          r'pos_?embedding\w*|absolute_pos_embed|relative_position_bias_table|gamma(_\d)?|'
                          r'layer_?scale\w*)$')
-
-
-def is_norm(m: nn.Module) -> bool:
-    "True for a norm layer: torch's (batch, instance, layer, group, RMS) or a `*Norm*` class with parameters"
-    # timm's norm-act layers, LayerNorm2d, RmsNorm ...
-    if isinstance(m, _NORMS): return True
-    if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)): return False
-    return 'Norm' in type(m).__name__ and next(m.parameters(recurse=False), None) is not None
 
 
 def _is_scale(m: nn.Module) -> bool:
@@ -76,7 +67,7 @@ def group_rates(lr: float, n: int, decay: float | None = None) -> list[float]:
 
 
 def param_groups(model: nn.Module, lr: float, groups='stages', decay: float | None = None, wd: float = 0.0,
-                 head=None) -> list[dict]:
+                 head=None, input_data=None) -> list[dict]:
     """Parameter groups ready for any `torch.optim` optimizer: one per layer group (two where `wd` > 0: the
     parameters with weight decay, then those without), in forward order, stem first.
 
@@ -88,18 +79,23 @@ def param_groups(model: nn.Module, lr: float, groups='stages', decay: float | No
         decay: layer decay, each group `decay` times the next; None spreads rates from `lr/10` to `lr`.
         wd: weight decay of the parameters that take it (`no_decay_params` get 0).
         head: module names or index paths that belong to the head group.
+        input_data: example inputs for the forward pass that orders the groups (a tensor, a tuple of
+            positional inputs or a dict of keyword inputs), for models not fed one image.
 
     Each dict has `params`, `lr`, `weight_decay`, `name` ('stem', 'stage 2', 'block 7', 'head'), `group`
     (the layer group's index) and `lr_scale` (`lr` / the head's rate, which timm's schedulers read).
     """
-    from .split.splitters import named_groups
+    from .split import Plan, named_groups
     lr, decay, wd = check_lr(lr, 'lr'), check_decay(decay, none_ok=True), check_wd(wd)
-    model = unwrap(model)
-    if next(model.parameters(), None) is None:
-        raise ValueError(f"{type(model).__name__} has no parameters to put in optimizer groups")
-    named = named_groups(model, groups, head)
+    if not isinstance(model, (nn.Module, Plan)):
+        raise TypeError(f"param_groups needs the model whose parameters the optimizer will train; got "
+                        f"{model!r:.60}: build it first, e.g. model = fast_impl.resolve('resnet18', device='cpu')")
+    module = model.model if isinstance(model, Plan) else unwrap(model)
+    if next(module.parameters(), None) is None:
+        raise ValueError(f"{type(module).__name__} has no parameters to put in optimizer groups")
+    named = named_groups(model if isinstance(model, Plan) else module, groups, head, input_data)
     rates = group_rates(lr, len(named), decay)
-    no_wd = {id(p) for p in no_decay_params(model)} if wd else set()
+    no_wd = {id(p) for p in no_decay_params(module)} if wd else set()
     out = []
     for i, ((name, ps), r) in enumerate(zip(named, rates)):
         halves = [[p for p in ps if id(p) not in no_wd], [p for p in ps if id(p) in no_wd]]

@@ -1,7 +1,7 @@
 "Renderers shared by every summary: the `Report` base (text, HTML, DataFrame, markdown, CSV) and table helpers."
 from __future__ import annotations
 
-__all__ = ['Report', 'pretty_table', 'md_table', 'fmt_int', 'fmt_shape', 'html_table']
+__all__ = ['Report', 'pretty_table', 'md_table', 'fmt_int', 'fmt_shape', 'fmt_shapes', 'html_table']
 
 import html
 from typing import Sequence
@@ -17,6 +17,12 @@ def fmt_shape(shape) -> str:
     if shape is None: return '--'
     if shape and isinstance(shape[0], (list, tuple)): return ', '.join(fmt_shape(s) for s in shape)
     return str(list(shape))
+
+
+def fmt_shapes(shapes: list) -> str:
+    "The shapes of a module's tensors: one shape, several joined with `, `, or `--` for none"
+    if not shapes: return '--'
+    return fmt_shape(shapes[0] if len(shapes) == 1 else shapes)
 
 
 def pretty_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:

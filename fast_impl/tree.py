@@ -12,6 +12,8 @@ from typing import Iterator, Sequence, Union
 import torch
 from torch import nn
 
+from .layers import CONTAINERS
+
 Path = Union[int, str, Sequence[Union[int, str]], None]
 
 
@@ -117,12 +119,9 @@ def num_params(module: nn.Module, trainable: bool | None = None) -> int:
     return sum(p.numel() for p in unique_params(module, trainable))
 
 
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-
-
 def is_leaf(m: nn.Module) -> bool:
     "A module with no children that does something (an empty Sequential/ModuleList is not a layer)"
-    return not any(True for _ in m.children()) and not isinstance(m, _CONTAINERS)
+    return not any(True for _ in m.children()) and not isinstance(m, CONTAINERS)
 
 
 def n_layers(m: nn.Module) -> int:

@@ -138,7 +138,7 @@ def _api():
     from fast_impl.experiments import train_archs
     from fast_impl.lr import check_lrs
     from fast_impl.archs import load_weights
-    from fast_impl.stats import ForwardError
+    from fast_impl.summary import ForwardError
     none = lambda: None
     nan = float('nan')
     def learner_kw(**kw):

@@ -13,7 +13,8 @@ from torch import nn
 import fast_impl
 from fast_impl import compare_archs, layer_decay, layer_summary
 from fast_impl.cli import main
-from fast_impl.archs import UnknownArchError, WeightsUnavailableError, native_input_size, resolve
+from fast_impl.archs import UnknownArchError, WeightsUnavailableError, resolve
+from fast_impl.inputs import native_input_size
 
 ROOT = pathlib.Path(__file__).parents[1]
 torch.set_num_threads(1)  # tiny models; on a busy machine 2 threads spin (10x slower)
@@ -186,8 +187,8 @@ def test_9_n_groups_and_layer_decay_before_the_first_fit():
 
 def test_10_package_names():
     from fast_impl import resolve as r
-    assert type(r('resnet18')).__name__ == 'ResNet' and r.resolve is resolve  # callable, and still the module
-    assert 'pretrained' in inspect.signature(r).parameters
+    assert r is resolve and type(r('resnet18')).__name__ == 'ResNet'  # the function (its module is fast_impl.archs)
+    assert 'pretrained' in inspect.signature(r).parameters and fast_impl.archs.resolve is resolve
     names = dir(fast_impl)
     assert len(names) == len(set(names)) and 'models' in names and 'layer_decay' in names
 

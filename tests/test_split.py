@@ -716,9 +716,11 @@ def test_named_stems():
                                   'efficientnet_b0', 'coat_lite_tiny', 'mobilenetv4_hybrid_medium'])
 def test_trace_shortcuts_are_exact(name):
     "The trace's shape shortcuts match the plain meta forward pass: order, norm links, sizes and head start"
-    from fast_impl.split.trace import _record, guess_input_size, trace
+    from fast_impl.forward import record, trace
+    from fast_impl.inputs import example_inputs, input_sizes
     m = _built(name)
-    fast, plain = trace(m), _record(m, torch.zeros(2, *guess_input_size(m)[1:], device='meta'), fast=False)
+    inputs = example_inputs(input_sizes(m)[0], None, torch.device('meta'), batch=2)
+    fast, plain = trace(m), record(m, inputs, count=False, order=True).trace
     assert ((fast.order, fast.norm_of, fast.size, fast.head_from)
             == (plain.order, plain.norm_of, plain.size, plain.head_from))
     assert fast.order == first_use_order(m)

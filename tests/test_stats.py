@@ -7,11 +7,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fast_impl import compare_archs, layer_summary
-from fast_impl.stats import Comparison, LayerSummary
+from fast_impl.summary import Comparison, LayerSummary
 from fast_impl.models import (AsymInception, Inception, InceptionModule, NewInception, Plain18Layer, Plain28Layer,
                               ResNet18, SimpleCNN)
 from fast_impl.archs import resolve
-from fast_impl.stats import ForwardError
+from fast_impl.summary import ForwardError
 
 SMALL = (1, 3, 32, 32)
 HEADER = 'Layer (type (var_name))                  Kernel Shape   Output Shape   Param #        Mult-Adds'

@@ -1,8 +1,7 @@
 "Records of every split (`Block`, `Plan`), the part of a model to look at, and `Index`, one model's walks."
 from __future__ import annotations
 
-__all__ = ['Block', 'Plan', 'Index', 'View', 'view', 'as_model', 'owner', 'under', 'span', 'classifiers',
-           'CONTAINERS', 'LATE']
+__all__ = ['Block', 'Plan', 'Index', 'View', 'view', 'as_model', 'owner', 'under', 'span', 'LATE']
 
 import re
 from dataclasses import dataclass, field
@@ -10,9 +9,9 @@ from functools import cached_property
 
 from torch import nn
 
+from .. import forward
 from ..tree import unwrap
 
-CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 # direct params used after the children
 LATE = re.compile(r'(^|_)(gamma|scale|logit_scale|temperature|temp)($|_)')
 
@@ -29,8 +28,8 @@ class Block:
 
 class Index:
     "A module's named parameters, modules and forward trace, each made once, shared by every step of a split"
-    def __init__(self, model: nn.Module, input_size=None, trace=False):
-        self.model, self.input_size = model, input_size
+    def __init__(self, model: nn.Module, input_size=None, trace=False, input_data=None):
+        self.model, self.input_size, self.input_data = model, input_size, input_data
         if trace is not False: self.trace = trace  # a trace made already (of the model that holds this one)
 
     @cached_property
@@ -59,8 +58,7 @@ class Index:
     @cached_property
     def trace(self):
         "The `Trace` of a forward pass on a meta copy, or None when none can run"
-        from .trace import trace
-        return trace(self.model, self.input_size)
+        return forward.trace(self.model, self.input_size, self.input_data)
 
     @property
     def rank(self) -> dict[str, int]:
@@ -149,18 +147,3 @@ def under(name: str, mod: str) -> bool:
 def span(params: list[str]) -> list[str]:
     "The distinct owning modules of `params`, in order"
     return list(dict.fromkeys(owner(p) for p in params))
-
-
-def classifiers(body: nn.Module) -> list[nn.Module]:
-    "Classifiers: timm's `get_classifier()`, else the last Linear, else a top-level `classifier`/`fc`/`head`"
-    get = getattr(body, 'get_classifier', None)
-    if callable(get):
-        try: c = get()
-        except Exception: c = None
-        cs = [m for m in (c if isinstance(c, (tuple, list)) else [c]) if isinstance(m, nn.Module)]
-        if cs or c is not None: return [m for m in cs if any(True for _ in m.parameters())]
-    lins = [m for m in body.modules() if isinstance(m, nn.Linear)]
-    if lins: return lins[-1:]
-    kids = dict(body.named_children())
-    return [kids[n] for n in ('classifier', 'fc', 'head', 'heads', 'last_linear') if n in kids
-            and any(True for _ in kids[n].parameters())][:1]

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..tree import unwrap
 from .blocks import owner
-from .trace import first_use_order
+from ..forward import first_use_order
 
 
 class GroupError(ValueError):

@@ -8,7 +8,8 @@ import itertools
 
 from torch import nn
 
-from .blocks import CONTAINERS, LATE, Block, Index, classifiers, owner, under
+from ..layers import CONTAINERS, classifiers
+from .blocks import LATE, Block, Index, owner, under
 
 
 def _head_names(ix: Index) -> list[str]:

@@ -7,15 +7,17 @@ __all__ = ['split_stages', 'split_blocks', 'split_n', 'split_at', 'stage_blocks'
 import warnings
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from ..checks import check_count
+from ..inputs import input_sizes
 from ..tree import find_module
-from .blocks import CONTAINERS, LATE, Block, Index, Plan, as_model, owner, under, view
+from ..layers import CONTAINERS, is_norm
+from .blocks import LATE, Block, Index, Plan, as_model, owner, under, view
 from .check import GroupError, check_groups, name_violations
 from .plan import plan
 from .rules import head_modules, in_forward_order, norms_with_layers
-from .trace import is_norm
 
 
 def _by_stage(p: Plan, attr: str) -> list[list[str]]:
@@ -29,26 +31,28 @@ def _by_stage(p: Plan, attr: str) -> list[list[str]]:
     return groups
 
 
-def stage_blocks(model, head=None) -> list[list[str]]:
+def stage_blocks(model, head=None, input_data=None) -> list[list[str]]:
     "Dotted module names per `split_stages` group (stem, stages, head): the module ranges of each group"
-    return _by_stage(_plan(model, head), 'modules')
+    return _by_stage(_plan(model, head, input_data), 'modules')
 
 
-def _plan(model, head) -> Plan:
+def _plan(model, head, input_data=None) -> Plan:
     "The plan of `model` (or `model` itself when it is one), with `head` modules in the head"
-    if isinstance(model, Plan) and head is not None:
-        raise ValueError("head= goes to plan(model, head=...) when a Plan is given; this one is made already")
-    return plan(model, head=head)
+    if isinstance(model, Plan) and (head is not None or input_data is not None):
+        raise ValueError("head= and input_data= go to plan(model, ...) when a Plan is given; this one is "
+                         "made already")
+    return plan(model, head=head, input_data=input_data)
 
 
-def split_stages(model, head=None) -> list[list[nn.Parameter]]:
-    "Layer groups of `model`: the stem, one group per stage, the head last (`head`: modules belonging to it)"
-    return [g for _, g in named_stages(model, head)]
+def split_stages(model, head=None, input_data=None) -> list[list[nn.Parameter]]:
+    """Layer groups of `model`: the stem, one group per stage, the head last (`head`: modules belonging to it;
+    `input_data`: example inputs for the forward pass that orders them, for models not fed one image)"""
+    return [g for _, g in named_stages(model, head, input_data)]
 
 
-def named_stages(model, head=None) -> list[tuple[str, list[nn.Parameter]]]:
+def named_stages(model, head=None, input_data=None) -> list[tuple[str, list[nn.Parameter]]]:
     "`split_stages` with each group's name: 'stem', 'stage 1', ..., 'head'"
-    p = _plan(model, head)
+    p = _plan(model, head, input_data)
     groups = _by_stage(p, 'params')
     if len(groups) == 1: _warn_one(p)
     return list(zip(_stage_names(p), _to_params(p, groups)))
@@ -66,19 +70,19 @@ def _stage_names(p: Plan) -> list[str]:
     return names
 
 
-def split_blocks(model, head=None) -> list[list[nn.Parameter]]:
+def split_blocks(model, head=None, input_data=None) -> list[list[nn.Parameter]]:
     """One layer group per block, the granularity of BEiT-style layer decay: the stem (with the embeddings),
     each block, then the final norm with the head. A timm model with a `group_matcher` is cut by timm's own
     fine matcher (as `timm.optim.param_groups_layer_decay` does)."""
-    return [g for _, g in named_blocks(model, head)]
+    return [g for _, g in named_blocks(model, head, input_data)]
 
 
-def named_blocks(model, head=None) -> list[tuple[str, list[nn.Parameter]]]:
+def named_blocks(model, head=None, input_data=None) -> list[tuple[str, list[nn.Parameter]]]:
     "`split_blocks` with each group's name: 'stem', 'block 1', ..., 'head'"
     if not isinstance(model, Plan):
-        timm = _timm_blocks(as_model(model), head)
+        timm = _timm_blocks(as_model(model), head, input_data)
         if timm is not None: return timm
-    p = _plan(model, head)
+    p = _plan(model, head, input_data)
     stem = [q for b in p.body if b.role == 'stem' for q in b.params]
     body = [list(b.params) for b in p.body if b.role != 'stem']
     tail = [q for b in p.head for q in b.params]
@@ -110,7 +114,7 @@ def _classifier_params(m: nn.Module) -> set[int]:
     return {id(q) for h in heads for q in h.parameters()}
 
 
-def _timm_blocks(model: nn.Module, head) -> list[tuple[str, list[nn.Parameter]]] | None:
+def _timm_blocks(model: nn.Module, head, input_data=None) -> list[tuple[str, list[nn.Parameter]]] | None:
     """timm's fine `group_matcher` groups of the timm model `model` is or wraps (a fastai body, a user's
     `backbone`), the head last; None where there is none. Layers outside it that run before it join the stem,
     the others the head."""
@@ -120,7 +124,7 @@ def _timm_blocks(model: nn.Module, head) -> list[tuple[str, list[nn.Parameter]]]
     from timm.models import group_parameters
     try: layer = group_parameters(body, body.group_matcher(coarse=False), reverse=True)
     except Exception: return None
-    ix = Index(model)
+    ix = Index(model, input_data=input_data)
     first, last = min(layer.values(), default=0), max(layer.values(), default=0) + 1
     inside = [n for n in ix.weights if n.startswith(prefix)]
     start = min((ix.rank[n] for n in inside if n in ix.rank), default=None)
@@ -165,8 +169,10 @@ def _warn_order(p: Plan, groups: list[list[str]]) -> None:
     name, tr = type(p.model).__name__, p.index.trace
     if tr is None:
         warnings.warn(f"{name}: no forward pass on the meta device ran with input {_sizes(p)}, so the groups "
-                      f"follow the order the modules were registered in; give the input size: "
-                      f"split_stages(plan(model, input_size=(1, 3, 64, 64)))", stacklevel=3)
+                      f"follow the order the modules were registered in; give example inputs, e.g. "
+                      f"split_stages(model, input_data=torch.randn(1, 3, 64, 64)) (a tuple or a dict for "
+                      f"several inputs; the same input_data= works in every split and in param_groups)",
+                      stacklevel=3)
         return
     bad = name_violations(groups, tr.order)
     if bad: warnings.warn(f"{name}: {len(bad)} parameters are used before a parameter of an earlier "
@@ -175,8 +181,9 @@ def _warn_order(p: Plan, groups: list[list[str]]) -> None:
 
 
 def _sizes(p: Plan) -> str:
-    from .trace import input_sizes
-    return ' or '.join(str(s) for s in input_sizes(p.model, p.index.input_size))
+    if p.index.input_data is not None: return 'input_data'
+    if p.index.input_size is not None: return str(p.index.input_size)
+    return ' or '.join(str(s) for s in input_sizes(p.model))
 
 
 def balance(weights: Sequence[int], k: int) -> list[int]:
@@ -199,16 +206,16 @@ def _pack(weights: Sequence[int], cap: int, k: int) -> list[list[int]]:
     return runs
 
 
-def split_n(model, n: int, head=None) -> list[list[nn.Parameter]]:
+def split_n(model, n: int, head=None, input_data=None) -> list[list[nn.Parameter]]:
     "`n` contiguous layer groups of `model`, cut at block boundaries and balanced by parameter count"
     # the head last
-    return [g for _, g in named_n(model, n, head)]
+    return [g for _, g in named_n(model, n, head, input_data)]
 
 
-def named_n(model, n: int, head=None) -> list[tuple[str, list[nn.Parameter]]]:
+def named_n(model, n: int, head=None, input_data=None) -> list[tuple[str, list[nn.Parameter]]]:
     "`split_n` with each group's name: 'group 1', ..., and 'head' for the head group"
     n = check_count(n, 'n')
-    p = _plan(model, head)
+    p = _plan(model, head, input_data)
     groups = _n_groups(p, n)
     if len(groups) < n:
         warnings.warn(f"{type(p.model).__name__} has {len(p.body)} body blocks: "
@@ -308,16 +315,16 @@ def _cut_names(model: nn.Module, paths) -> list[str]:
     return out
 
 
-def split_at(model, paths, head=None) -> list[list[nn.Parameter]]:
+def split_at(model, paths, head=None, input_data=None) -> list[list[nn.Parameter]]:
     "Layer groups of `model` cut before each module in `paths`"
-    return [g for _, g in named_at(model, paths, head)]
+    return [g for _, g in named_at(model, paths, head, input_data)]
 
 
-def named_at(model, paths, head=None) -> list[tuple[str, list[nn.Parameter]]]:
+def named_at(model, paths, head=None, input_data=None) -> list[tuple[str, list[nn.Parameter]]]:
     "`split_at` with each group's name: 'group 1', ..., and 'head' for the head group `head=` makes"
     # paths: index paths like `[4]`, dotted names like `'layer2'`
-    p = _plan(model, head) if head is not None else None
-    ix = p.index if p else model.index if isinstance(model, Plan) else Index(as_model(model))
+    p = _plan(model, head, input_data) if head is not None else None
+    ix = p.index if p else model.index if isinstance(model, Plan) else Index(as_model(model), input_data=input_data)
     cuts = _cut_names(ix.model, paths)
     if not cuts: raise ValueError("split_at needs at least one cut: an index path like [4] "
                                   "or a dotted name like 'layer2'")

@@ -24,7 +24,8 @@ class StrategyError(ValueError):
     "A split strategy asked for by name that does not apply to the model"
 
 
-def plan(model, strategy: str | None = None, input_size: Sequence[int] | None = None, head=None) -> Plan:
+def plan(model, strategy: str | None = None, input_size: Sequence[int] | None = None, head=None,
+         input_data=None) -> Plan:
     """The ordered blocks of `model` from the first strategy that applies.
 
     Args:
@@ -33,10 +34,12 @@ def plan(model, strategy: str | None = None, input_size: Sequence[int] | None = 
         input_size: the input of the forward pass on meta that orders the blocks
             (default: the arch's own size, else one fitted to its first layer).
         head: module names or index paths that belong to the head group, beside those the rules find.
+        input_data: example inputs for that pass instead of `input_size`: a tensor, a tuple of positional
+            inputs or a dict of keyword inputs (token ids, masks, several images).
     """
     if isinstance(model, Plan): return model
     model = as_model(model)
-    v, ix = view(model), Index(model, input_size)
+    v, ix = view(model), Index(model, input_size, input_data=input_data)
     body = ix if v.body is model else Index(v.body, trace=ix.trace and ix.trace.within(v.prefix))
     blocks, s = _strategy_blocks(body, v, strategy)
     blocks = [Block([v.prefix + p for p in b.params],

@@ -6,8 +6,8 @@ __all__ = ['RULES', 'apply_rules', 'head_modules', 'norms_with_layers', 'in_forw
 import bisect
 
 from .blocks import Block, Index, owner, span, under
+from ..layers import is_norm
 from ..tree import find_module
-from .trace import is_norm
 
 RULES = """\
 Splitting rules (checked on one eval forward pass of a meta copy: nothing allocated, the model untouched):

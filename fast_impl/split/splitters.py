@@ -30,9 +30,9 @@ class Splitter:
     def __call__(self, model) -> list[list[nn.Parameter]]:
         return [g for _, g in self.named(model)]
 
-    def named(self, model) -> list[tuple[str, list[nn.Parameter]]]:
+    def named(self, model, input_data=None) -> list[tuple[str, list[nn.Parameter]]]:
         "The groups of `model` with their names ('stem', 'stage 2', 'block 7', 'group 3', 'head')"
-        return _SPLITS[self.kind](model, self.arg, self.head)
+        return _SPLITS[self.kind](model, self.arg, self.head, input_data)
 
     # `splitter(s.groups, s.head) == s`
     @property
@@ -44,8 +44,8 @@ class Splitter:
         return f"{_MAKERS[self.kind]}({', '.join(args)})"
 
 
-_SPLITS = {'stages': lambda m, _, head: named_stages(m, head),
-           'blocks': lambda m, _, head: named_blocks(m, head),
+_SPLITS = {'stages': lambda m, _, head, data: named_stages(m, head, data),
+           'blocks': lambda m, _, head, data: named_blocks(m, head, data),
            'n': named_n, 'at': named_at}
 _MAKERS = {'stages': 'stage_splitter', 'blocks': 'block_splitter', 'n': 'n_splitter', 'at': 'at_splitter'}
 _NAMED = ('stages', 'blocks')  # the kinds named by a word, taking no argument
@@ -85,26 +85,31 @@ _HELP = ("groups takes 'stages', 'blocks', a number of groups, cut paths such as
          "or a splitter function")
 
 
-def named_groups(model, groups='stages', head=None) -> list[tuple[str, list[nn.Parameter]]]:
-    """(name, parameters) per layer group of `model`: `groups` as `splitter` takes it, or a splitter function;
-    checked to partition the model, a bad `groups` or `head` one error naming what is valid"""
+def named_groups(model, groups='stages', head=None, input_data=None) -> list[tuple[str, list[nn.Parameter]]]:
+    """(name, parameters) per layer group of `model` (a module or a `Plan`): `groups` as `splitter` takes it,
+    or a splitter function; checked to partition the model, a bad `groups` or `head` one error naming what is
+    valid"""
     import difflib
     from ..tree import unwrap
+    from .blocks import Plan
     from .check import check_groups
     from .rules import head_modules
-    model = unwrap(model)
+    made, model = (model, model.model) if isinstance(model, Plan) else (None, unwrap(model))
+    if made is not None and (head is not None or input_data is not None):
+        raise ValueError("head= and input_data= go to plan(model, ...) when a Plan is given; this one is "
+                         "made already")
     if callable(groups) and not isinstance(groups, Splitter) and head is not None:
         raise ValueError("head= applies to groups='stages', 'blocks', a number or cut paths; "
                          "a splitter function makes its own head")
     head_modules(model, head)  # a bad head= is its own error, listing the valid children
     try:
-        if isinstance(groups, Splitter): named = groups.named(model)
+        if isinstance(groups, Splitter): named = groups.named(made or model, input_data)
         elif callable(groups):
             gs = list(groups(model))
             gs = [gs] if gs and isinstance(gs[0], torch.Tensor) else [  # fastai also takes one flat list
                 list(g['params']) if isinstance(g, dict) else list(g) for g in gs]
             named = [(f'group {i + 1}', g) for i, g in enumerate(gs)]
-        else: named = splitter(groups, head).named(model)
+        else: named = splitter(groups, head).named(made or model, input_data)
         check_groups(model, [g for _, g in named])
     except (ValueError, KeyError, IndexError, TypeError) as e:
         close = difflib.get_close_matches(groups, _NAMED, n=1) if isinstance(groups, str) else []

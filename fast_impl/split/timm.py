@@ -8,7 +8,8 @@ from typing import Callable
 
 from torch import nn
 
-from .blocks import Block, Index, classifiers, owner, span
+from ..layers import classifiers
+from .blocks import Block, Index, owner, span
 
 
 def _ordinal(name: str, matcher) -> tuple:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .render import Report, pretty_table
-from .archs import arch_name, resolve
-from .tree import Path, find_module, n_layers, num_params, unwrap
+from ..render import Report, pretty_table
+from ..archs import arch_name, resolve
+from ..tree import Path, find_module, n_layers, num_params, unwrap
 
 
 @dataclass
