@@ -7,7 +7,7 @@ GOLDEN = pathlib.Path(__file__).parent / 'golden'
 
 
 def cli(*args, ok=True, timeout=600):
-    r = subprocess.run([sys.executable, '-m', 'fast_impl.cli', *map(str, args)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, '-m', 'fast_impl.app.cli', *map(str, args)], capture_output=True, text=True,
                        timeout=timeout)
     if ok: assert r.returncode == 0, r.stderr
     return r
@@ -22,13 +22,13 @@ def test_summary_matches_seed_004():
 
 
 def test_summary_does_not_import_fastai():
-    code = "import sys; from fast_impl.cli import main; main(['summary', 'resnet18']); print('fastai' in sys.modules)"
+    code = "import sys; from fast_impl.app.cli import main; main(['summary', 'resnet18']); print('fastai' in sys.modules)"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert r.stdout.split()[-1] == 'False' and '(fc)' in r.stdout
 
 
 def test_groups_with_decay_does_not_import_fastai():
-    code = ("import sys; from fast_impl.cli import main; "
+    code = ("import sys; from fast_impl.app.cli import main; "
             "main(['groups', 'torchvision:resnet18', '--blocks', '--lr', '1e-3', '--decay', '0.5']); "
             "print('fastai' in sys.modules)")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
@@ -138,6 +138,6 @@ def test_input_the_model_cannot_take_is_one_line(args, msg):
 
 
 def test_groups_lr_for_a_single_group_is_the_upper_end():
-    from fast_impl.cli import _lrs, _rates
+    from fast_impl.app.cli import _lrs, _rates
     assert _lrs(1, _rates('1e-5:1e-3', None)) == [1e-3]  # as fastai gives slice(lo, hi) to a single group
     assert _lrs(3, _rates('1e-5:1e-3', None)) == pytest.approx([1e-5, 1e-4, 1e-3])

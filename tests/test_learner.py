@@ -15,8 +15,11 @@ from fastai.data.transforms import Categorize, Normalize
 from fastai.optimizer import SGD
 from fastai.torch_core import TensorImage
 
-from fast_impl.learner import (DiscriminativeLearner, arch_stats, build_model, classifier_name, discriminative_learner,
-                               is_norm, layer_decay, no_decay_params)
+from fast_impl.fastai import (DiscriminativeLearner, arch_stats, build_model, classifier_name,
+                              discriminative_learner)
+from fast_impl.layers import is_norm
+from fast_impl.lr import layer_decay
+from fast_impl.optim import no_decay_params
 from fast_impl.archs import resolve
 from fast_impl.split import GroupError
 
