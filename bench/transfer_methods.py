@@ -18,7 +18,7 @@ from fastprogress.fastprogress import progress_bar
 
 from fast_impl.app import demo
 from fast_impl.app.demo import table  # noqa: F401  (the results table, shared with the demo)
-from fast_impl.fastai.models import xresnet18_half
+from fast_impl.fastai.xresnet import xresnet18_half
 from fast_impl.fastai.recipes import SkipValid, pretrain, pretrained_learner, run  # noqa: F401  (pretrain)
 from fast_impl.lr import layer_decay
 

@@ -99,7 +99,7 @@ def _xresnet_names() -> list[str]:
 @register_source('fastai')
 def _fastai_builder(name: str):
     if name not in _xresnet_names(): return None
-    from .fastai.models import xresnet
+    from .fastai.xresnet import xresnet
     return xresnet(name)
 
 

@@ -1,4 +1,4 @@
-"The choices of the training job, one home each: datasets, normalisations, optimizers, schedules (the CLI lists them)."
+"The choices of the training job, one home each: datasets, normalisations, optimizers, schedules."
 from __future__ import annotations
 
 __all__ = ['Dataset', 'Norm', 'Opt', 'Schedule', 'choice', 'values']

@@ -31,7 +31,8 @@ def digit_classes(classes) -> list[int]:
     cs = sorted({int(c) for c in classes})
     bad = [c for c in cs if not 0 <= c <= 9]
     if bad or not cs:
-        raise ValueError(f"classes must be digits 0-9 (e.g. range(5) or [5, 6, 7, 8, 9]); got {list(classes)}")
+        raise ValueError(f"classes must be digits 0-9 (e.g. range(5) or [5, 6, 7, 8, 9]); "
+                         f"got {list(classes)}")
     return cs
 
 

@@ -104,6 +104,23 @@ def test_smallest_size_found_on_meta():
     assert size_kwargs('fast_impl:ResNet18', 64) == {'img_size': 64}  # built for the size
 
 
+def test_plan_builds_each_arch_once_on_meta(tmp_path):
+    "The plan checks the size and the groups on one meta build per arch (two when it needs the image size)"
+    from fast_impl.app.plan import make_plan
+    from fast_impl.models import ResNet18
+    calls = []
+    def resnet(**kw):
+        calls.append(kw)
+        return ResNet18(**kw)
+    kw = dict(data='digits', epochs=1, lr=1e-3, size=32, bs=8, seed=0, limit=1, out=tmp_path, groups='stages',
+              decay=None, pretrained=False, norm=None, opt='adam', schedule='one_cycle', device='cpu')
+    plan = make_plan([resnet], **kw)
+    assert calls == [{}] and plan.kws == [{}]
+    calls.clear()
+    assert make_plan([resnet], **(kw | dict(size=64))).kws == [{'img_size': 64}]
+    assert calls == [{}, {'img_size': 64}]
+
+
 def test_train_the_seed_families(home, tmp_path, capsys):
     "AlexNet at 64 px, VGG16, the seeds' ResNet18, GoogLeNet: an epoch of seed 003's SGD (1e-3, momentum 0.9)"
     archs = ['fast_impl:AlexNet', 'fast_impl:VGG', 'fast_impl:ResNet18', 'torchvision:googlenet']
@@ -136,9 +153,9 @@ def test_fine_tune_from_saved_weights_with_layer_decay(home, tmp_path, capsys):
                         out=tmp_path / 'a', device='cpu')[0]
     assert first.weights == tmp_path / 'a' / 'fast_impl_ResNet18' / 'best.pth'
     assert len(first.curves['seconds']) == 2
-    plan = make_plan(['fast_impl:ResNet18'], data='cifar10', epochs=1, lr=1e-3, size=32, bs=10, seed=0, limit=1,
-                 out=tmp_path / 'b', groups=3, decay=0.5, pretrained=first.weights, norm=None, opt='adam',
-                 schedule='one_cycle', device='cpu')
+    plan = make_plan(['fast_impl:ResNet18'], data='cifar10', epochs=1, lr=1e-3, size=32, bs=10, seed=0,
+                     limit=1, out=tmp_path / 'b', groups=3, decay=0.5, pretrained=first.weights, norm=None,
+                     opt='adam', schedule='one_cycle', device='cpu')
     learn = plan_learner(plan_dls(plan, 10), plan.archs[0], plan.kws[0], plan, tmp_path / 'b')
     assert learn.n_groups == 3 and learn.opt.frozen_idx == 0  # unfrozen: every group trains
     np.testing.assert_allclose(group_lrs(learn, plan), [2.5e-4, 5e-4, 1e-3])

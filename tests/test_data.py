@@ -51,5 +51,6 @@ def test_errors():
 
 
 def test_import_has_no_fastai():
-    code = "import sys, fast_impl.images, fast_impl.enums; assert 'fastai' not in sys.modules, 'fastai imported'"
+    code = ("import sys, fast_impl.images, fast_impl.enums, fast_impl.app.plan, fast_impl.app.train; "
+            "assert 'fastai' not in sys.modules, 'fastai imported'")
     subprocess.run([sys.executable, '-c', code], check=True)

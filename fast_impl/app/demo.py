@@ -1,5 +1,5 @@
-"""`fast-impl demo`: the main job on the embedded digits: the model's summary, its layer groups with rates, and
-fine-tuning from digits 0-4 to 5-9 against the baselines (a table and a plot)."""
+"""`fast-impl demo`: the main job on the embedded digits: the model's summary, its layer groups with rates,
+and fine-tuning from digits 0-4 to 5-9 against the baselines (a table and a plot)."""
 from __future__ import annotations
 
 __all__ = ['RECIPES', 'BASELINES', 'evaluate', 'table', 'plot_transfer', 'demo']
@@ -11,7 +11,7 @@ from fastprogress.fastprogress import progress_bar
 
 from ..fastai.recipes import (fastai_fine_tune, fastai_model_stages, one_lr, run, scratch, stages_decay,
                               stages_slice)
-from ..fastai.models import xresnet18_half
+from ..fastai.xresnet import xresnet18_half
 
 # name -> (method, its base LR, from bench/transfer.py's tuning; bench/results/transfer.md says how)
 RECIPES = {'from scratch': (scratch, 1e-2), 'whole model, one LR': (one_lr, 3e-3),
@@ -34,7 +34,7 @@ def evaluate(path, recipes: dict, seeds, n_per_class: int, E: int, bs: int, arch
 
 
 def table(res: dict, baselines=BASELINES) -> str:
-    "The markdown results table: mean ± std accuracy, against the best of `baselines`, time per run, groups, LR"
+    "The markdown results table: mean ± std accuracy, against the best of `baselines`, time, groups, LR"
     best = max(np.mean(res[m]['acc']) for m in baselines if m in res)
     lines = ['| method | groups | base LR | accuracy (mean ± std) | vs best baseline | min | max | '
              'time per run (s) |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
@@ -42,7 +42,8 @@ def table(res: dict, baselines=BASELINES) -> str:
         a = np.array(r['acc']) * 100
         std = a.std(ddof=1) if len(a) > 1 else 0
         lines.append(f"| {m} | {r['groups']} | {r['lr']:g} | {a.mean():.1f} ± {std:.1f} % | "
-                     f"{a.mean() - best * 100:+.1f} | {a.min():.1f} | {a.max():.1f} | {np.mean(r['time']):.1f} |")
+                     f"{a.mean() - best * 100:+.1f} | {a.min():.1f} | {a.max():.1f} | "
+                     f"{np.mean(r['time']):.1f} |")
     return '\n'.join(lines)
 
 
@@ -56,7 +57,8 @@ def plot_transfer(res: dict, path):
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(names) + 1.2))
     ours = lambda m: 'fast_impl stage groups +' in m and 'fine_tune' not in m
     colors = ['tab:blue' if ours(m) else 'tab:gray' for m in names]
-    ax.barh(range(len(names)), [a.mean() for a in accs], xerr=[a.std() for a in accs], color=colors, alpha=0.75)
+    ax.barh(range(len(names)), [a.mean() for a in accs], xerr=[a.std() for a in accs], color=colors,
+            alpha=0.75)
     for i, a in enumerate(accs): ax.plot(a, [i] * len(a), 'k.', ms=4)
     ax.set_yticks(range(len(names)), names, fontsize='small')
     ax.invert_yaxis()
@@ -91,7 +93,7 @@ def _model():
 
 
 def demo(out='demo_out', seeds: int = 5, quick: bool = False) -> dict:
-    "The main job on the embedded digits: summary, layer groups with LRs, fine-tuning against the baselines, plot"
+    "The main job on the embedded digits: summary, layer groups with LRs, fine-tuning vs the baselines, plot"
     import torch
     from ..checks import check_count
     from ..fastai.recipes import pretrain

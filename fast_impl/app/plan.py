@@ -95,7 +95,7 @@ def _for_size(arch, size: int):
 
 
 def size_kwargs(arch, size: int) -> dict:
-    "Builder arguments with which `arch` takes `size`x`size` images; else a `ValueError` naming the smallest size"
+    "Builder arguments with which `arch` takes `size`x`size` images; else a `ValueError` (the least size)"
     return _for_size(arch, size)[0]
 
 # ---------------------------------------------------------------- the plan
@@ -151,8 +151,8 @@ def _check_numbers(kw: dict):
 
 
 def make_plan(archs: list, **kw) -> Plan:
-    """The inputs of `train_archs` checked, cheapest first, before anything is read or written; each arch built
-    once on meta, for the size, and split into `groups` (the Learner's own check and message)"""
+    """The inputs of `train_archs` checked, cheapest first, before anything is read or written; each arch
+    built once on meta, for the size, and split into `groups` (the Learner's own check and message)"""
     from ..checks import check_device
     from ..split import named_groups
     if not archs: raise ValueError("give at least one arch to train")

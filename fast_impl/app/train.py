@@ -216,9 +216,9 @@ def train_archs(archs: list, data=None, epochs: int = 3, lr: float | slice = 3e-
         schedule: 'one_cycle' (fastai's) or 'constant' (the seeds' fixed rate).
         device: 'cpu', 'cuda', 'cuda:1', ...; None: fastai's default (the GPU when there is one).
     """
-    plan = make_plan(archs, data=data, epochs=epochs, lr=lr, size=size, bs=bs, out=out, seed=seed, limit=limit,
-                     groups=groups, decay=decay, pretrained=pretrained, norm=norm, opt=opt, schedule=schedule,
-                     device=device)
+    plan = make_plan(archs, data=data, epochs=epochs, lr=lr, size=size, bs=bs, out=out, seed=seed,
+                     limit=limit, groups=groups, decay=decay, pretrained=pretrained, norm=norm, opt=opt,
+                     schedule=schedule, device=device)
     from ..fastai.fit import reproducible
     reproducible(seed)
     bs = _batch_size(plan)  # fails, or shrinks the batch, before `out` exists

@@ -17,7 +17,7 @@ from .learner import group_labels
 
 @patch
 def show_groups(self: Learner) -> GroupTable:
-    "The layer groups as the optimizer sees them: names, module range, params, share, LR, frozen, weight decay"
+    "The layer groups as the optimizer sees them: names, module range, params, share, LR, frozen, wd"
     if self.opt is None: self.create_opt()
     opt = self.opt
     groups = [list(ps) for ps in opt.param_lists]
@@ -78,7 +78,7 @@ class GroupStats(Callback):
         return self.tracker.df
 
     def plot(self, figsize=(11, 3)):
-        "Learning rate, gradient norm and update ratio per layer group against the step (log scale); the Figure"
+        "Learning rate, gradient norm and update ratio per layer group against the step (log scale)"
         if not self.tracker.rows: raise ValueError("no group statistics yet: fit first")
         return optim.plot_group_stats(self.df, figsize)
 

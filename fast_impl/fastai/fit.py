@@ -1,5 +1,5 @@
-"""The fastai side of the training job (`fast-impl train`): seed 003's per-epoch columns, the best weights kept,
-plain per-epoch lines outside a terminal, the optimizer by name, and the Learner that puts them together."""
+"""The fastai side of the training job (`fast-impl train`): seed 003's per-epoch columns, the best weights
+kept, plain per-epoch lines outside a terminal, the optimizer by name, and the Learner that holds them."""
 from __future__ import annotations
 
 __all__ = ['EpochRecorder', 'KeepBest', 'plain_table', 'opt_func', 'train_learner', 'reproducible']
@@ -100,8 +100,8 @@ def reproducible(seed: int):
 
 def train_learner(dls, arch, folder: pathlib.Path, groups='stages', pretrained=False, normalize: bool = True,
                   opt: Opt = Opt.adam, **kwargs):
-    """A discriminative Learner for `arch` (builder arguments `kwargs`): accuracy, seed 003's columns, the best
-    weights kept in `folder`; with `pretrained` weights unfrozen (every group trains, each at its own rate)"""
+    """A discriminative Learner for `arch` (builder arguments `kwargs`): accuracy, seed 003's columns, the
+    best weights kept in `folder`; with `pretrained` weights unfrozen (every group trains at its own rate)"""
     learn = discriminative_learner(dls, arch, groups=groups, pretrained=pretrained, normalize=normalize,
                                    metrics=accuracy, opt_func=opt_func(opt), path=folder, model_dir='.',
                                    **kwargs)

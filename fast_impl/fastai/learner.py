@@ -1,5 +1,5 @@
-"""The discriminative Learner: a fastai `Learner` for any arch, split into layer groups computed and checked once,
-with checked learning rates, the no-decay policy and ULMFiT's gradual unfreezing."""
+"""The discriminative Learner: a fastai `Learner` for any arch, split into layer groups computed and checked
+once, with checked learning rates, the no-decay policy and ULMFiT's gradual unfreezing."""
 from __future__ import annotations
 
 __all__ = ['discriminative_learner', 'DiscriminativeLearner', 'group_labels']
@@ -14,7 +14,7 @@ from fastcore.meta import delegates
 from fastai.data.transforms import get_c
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
-import fastai.callback.schedule, fastai.callback.progress  # noqa: F401  (fit_one_cycle, fine_tune, progress bars)
+import fastai.callback.schedule, fastai.callback.progress  # noqa: F401  (fit_one_cycle, fine_tune, bars)
 
 from ..archs import arch_name, check_pretrained
 from ..checks import check_count, check_lrs
@@ -46,26 +46,28 @@ def _param_ids(model: nn.Module) -> frozenset[int]: return frozenset(map(id, mod
 
 
 class DiscriminativeLearner(Learner):
-    """A fastai `Learner` whose layer groups are split and checked to partition the model once (again only when
-    the model, its parameters or the splitter change); it applies `no_decay_params`, checks the learning rates
-    of every fit, and warns on a futile `freeze` or on per-group rates for frozen groups"""
+    """A fastai `Learner` whose layer groups are split and checked to partition the model once (again only
+    when the model, its parameters or the splitter change); it applies `no_decay_params`, checks the learning
+    rates of every fit, and warns on a futile `freeze` or on per-group rates for frozen groups"""
     _groups = None  # ((model, splitter, parameter ids), [(name, params), ...]): the groups, computed once
     _phased = False  # in gradual_unfreeze: frozen groups are meant
 
     def layer_groups(self) -> list[tuple[str, list]]:
         "(name, parameters) of each layer group of the model, as the splitter makes them; checked"
-        key = (self.model, self.splitter, _param_ids(self.model))
-        cached = self._groups
-        if cached is None or cached[0][0] is not key[0] or cached[0][1] is not key[1] or cached[0][2] != key[2]:
-            self._groups = cached = (key, named_groups(self.model, self.splitter))
-        return cached[1]
+        ids, cached = _param_ids(self.model), self._groups
+        if cached is not None:
+            (model, split, was), named = cached
+            if model is self.model and split is self.splitter and was == ids: return named
+        self._groups = ((self.model, self.splitter, ids), named_groups(self.model, self.splitter))
+        return self._groups[1]
 
     @property
     def n_groups(self) -> int:
-        "Number of layer groups: the optimizer's, or the splitter's before it exists (`layer_decay(lr, learn)`)"
+        "Number of layer groups: the optimizer's, or the splitter's before it exists"
         return len(self.opt.param_lists) if self.opt is not None else len(self.layer_groups())
 
-    def _bn_bias_state(self, with_bias): return [self.opt.state[p] for p in no_decay_params(self.model, with_bias)]
+    def _bn_bias_state(self, with_bias):
+        return [self.opt.state[p] for p in no_decay_params(self.model, with_bias)]
 
     def create_opt(self):
         if isinstance(self.opt_func, OptimWrapper): return super().create_opt()
@@ -97,10 +99,10 @@ class DiscriminativeLearner(Learner):
     def gradual_unfreeze(self, epochs: int | list[int] = 1, lr_max: float = 1e-3, decay: float | None = None,
                          step: int = 1, **kwargs):
         """ULMFiT's gradual unfreezing: train the head group, then unfreeze `step` more groups at a time from
-        the top, one `fit_one_cycle` per phase, ending with every group trained. `epochs`: per phase, or a list
-        with one number per phase. Each group's rate: `lr_max` at the head, `decay` times the next group's
-        (None: geometric from `lr_max/10`, as `slice(lr_max/10, lr_max)`). `kwargs` go to `fit_one_cycle`.
-        The logger shows each phase."""
+        the top, one `fit_one_cycle` per phase, ending with every group trained. `epochs`: per phase, or a
+        list with one number per phase. Each group's rate: `lr_max` at the head, `decay` times the next
+        group's (None: geometric from `lr_max/10`, as `slice(lr_max/10, lr_max)`). `kwargs` go to
+        `fit_one_cycle`. The logger shows each phase."""
         n = self.n_groups
         if n < 2:
             raise ValueError(f"gradual_unfreeze needs 2 or more layer groups to unfreeze one by one; this "
@@ -160,7 +162,8 @@ _OURS = {'self', 'dls', 'model', 'splitter'}  # Learner arguments that discrimin
 def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
     "`kwargs` split into those for `Learner` and those for the arch builder"
     names = set(inspect.signature(Learner.__init__).parameters) - _OURS
-    return {k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names}
+    ours = {k: v for k, v in kwargs.items() if k in names}
+    return ours, {k: v for k, v in kwargs.items() if k not in names}
 
 
 def _build(arch, n_out: int, pretrained, mkw: dict) -> nn.Module:
@@ -183,7 +186,8 @@ def _n_out(n_out, dls) -> int:
         raise ValueError(f"n_out must be a number of classes >= 1, or None for the number in dls; "
                          f"got {n_out!r}")
     n_out = n_out or get_c(dls)
-    if not n_out: raise ValueError("n_out is not given and dls has no `c` or vocab to infer it from; pass n_out=")
+    if not n_out:
+        raise ValueError("n_out is not given and dls has no `c` or vocab to infer it from; pass n_out=")
     return n_out
 
 

@@ -1,29 +1,16 @@
-"""Models for a Learner: fastai's xresnet family, an arch built with real weights and a new classifier, the
-statistics its weights expect."""
+"Models for a Learner: an arch built with real weights and a new classifier; the statistics its weights want."
 from __future__ import annotations
 
-__all__ = ['xresnet', 'xresnet18_half', 'classifier_name', 'set_classifier', 'load_body', 'build_model',
-           'arch_stats']
+__all__ = ['classifier_name', 'set_classifier', 'load_body', 'build_model', 'arch_stats']
 
 import os, re
 
 from torch import nn
 from fastai.vision.core import imagenet_stats
-from fastai.vision.models import xresnet as _xresnet
 
 from ..archs import check_pretrained, read_weights, resolve
 from ..layers import classifiers
 from ..tree import unwrap
-
-
-def xresnet(name: str):
-    "The builder of fastai's xresnet `name` ('xresnet18', 'xresnet50_deep', ...)"
-    return getattr(_xresnet, name)
-
-
-def xresnet18_half(pretrained=False, **kwargs):
-    "fastai's xresnet18 at half width (2.8M parameters): small enough for CPUs"
-    return _xresnet.xresnet18(pretrained, widen=0.5, **kwargs)
 
 
 def _layer(m: nn.Module) -> bool: return isinstance(m, (nn.Linear, nn.Conv2d))
@@ -42,7 +29,7 @@ def classifier_name(model: nn.Module) -> str:
 
 
 def set_classifier(model: nn.Module, n_out: int) -> nn.Module:
-    "Give `model` a new classifier for `n_out` classes (timm's `reset_classifier`, else its classifier swapped)"
+    "Give `model` a new classifier for `n_out` classes (timm's `reset_classifier`, else the layer swapped)"
     if callable(getattr(model, 'reset_classifier', None)):
         model.reset_classifier(n_out)
         return model
@@ -95,7 +82,7 @@ def build_model(arch, n_out: int, pretrained: bool | str | os.PathLike = False, 
 
 
 def arch_stats(model: nn.Module) -> tuple[list, list]:
-    "Mean and std the weights of `model` expect: timm's `pretrained_cfg`, else ImageNet's (torchvision, fastai)"
+    "Mean and std the weights of `model` expect: timm's `pretrained_cfg`, else ImageNet's (torchvision)"
     cfg = getattr(unwrap(model), 'pretrained_cfg', None) or {}
     if cfg.get('mean') and cfg.get('std'): return list(cfg['mean']), list(cfg['std'])
     return list(imagenet_stats[0]), list(imagenet_stats[1])

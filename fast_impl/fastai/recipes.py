@@ -20,7 +20,7 @@ from ..lr import layer_decay
 from ..split import stage_splitter
 from .data import digits_dls
 from .learner import discriminative_learner
-from .models import xresnet18_half
+from .xresnet import xresnet18_half
 
 
 class SkipValid(Callback):
@@ -41,11 +41,12 @@ def pretrain(path, epochs: int, lr: float, bs: int, arch=xresnet18_half) -> floa
 
 def pretrained_learner(dls, path, arch=xresnet18_half, groups='stages'):
     "fast_impl's Learner on the pretrained weights in `path` (the arch's own head, `groups`), unfrozen"
-    learn = discriminative_learner(dls, arch, groups=groups, pretrained=path, normalize=False, metrics=accuracy)
+    learn = discriminative_learner(dls, arch, groups=groups, pretrained=path, normalize=False,
+                                   metrics=accuracy)
     learn.unfreeze()
     return learn
 
-# ---------------------------------------------------------------- the methods: (dls, weights, E, lr) -> (Learner, fit)
+# ------------------------------------------------------- the methods: (dls, weights, E, lr) -> (Learner, fit)
 
 
 def scratch(dls, path, E, lr, arch=xresnet18_half):
@@ -62,13 +63,14 @@ def one_lr(dls, path, E, lr, arch=xresnet18_half):
 
 
 def _fastai_learner(dls, path, splitter=None):
-    """fastai's `vision_learner` (its cut, head and, unless given, `model_meta` split) with the pretrained body
-    loaded"""
+    """fastai's `vision_learner` (its cut, head and, unless given, `model_meta` split) with the pretrained
+    body loaded"""
     model_meta.setdefault(xresnet18_half, model_meta[xresnet18])  # fastai's own xresnet cut and 3-group split
     kw = {} if splitter is None else dict(splitter=splitter)
     learn = vision_learner(dls, xresnet18_half, pretrained=False, normalize=False, metrics=accuracy, **kw)
     body = learn.model[0]
-    body.load_state_dict({k: v for k, v in read_weights(path).items() if k in body.state_dict()})  # all must fit
+    own = body.state_dict()
+    body.load_state_dict({k: v for k, v in read_weights(path).items() if k in own})  # strict: all must fit
     return learn
 
 
