@@ -41,7 +41,7 @@ def why_skip() -> str | None:
     "Why the benchmark cannot run here (no GPU, no CIFAR-10), or None"
     import torch
     if not torch.cuda.is_available(): return 'no GPU here (torch.cuda.is_available() is False)'
-    from fast_impl.data import cifar10_path
+    from fast_impl.fastai.data import cifar10_path
     try: cifar10_path()
     except FileNotFoundError as e: return str(e)
     return None
@@ -70,7 +70,7 @@ def report(results: dict, recipes: dict, limit: int | None, minutes: float) -> s
     "The markdown report: per experiment its recipe and epochs beside the seed's, then the best epochs"
     import fastai, torch
     import fast_impl
-    from fast_impl.experiments import results_df
+    from fast_impl.app.train import results_df
     from fast_impl.render import md_table
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else 'the CPU'
     limited = f" --limit {limit} (not comparable with the seeds)" if limit else ''
@@ -99,7 +99,7 @@ def main(out: str = str(OUT),  # the markdown report
     if why:
         print(f'bench/cifar10.py skipped: {why}')
         return
-    from fast_impl.experiments import train_archs
+    from fast_impl.app.train import train_archs
     start, results = time.time(), {}
     recipes = {name: {**cfg, 'epochs': epochs or cfg['epochs']} for name, cfg in EXPERIMENTS.items()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,10 +11,12 @@ ROOT = pathlib.Path(__file__).parents[1]
 N = 7
 CMDS = {
     'python -c "import torch, torchvision"': [sys.executable, '-c', 'import torch, torchvision'],
-    'fast-impl summary resnet18': [sys.executable, '-m', 'fast_impl.cli', 'summary', 'resnet18'],
-    'fast-impl summary torchvision:resnet18': [sys.executable, '-m', 'fast_impl.cli', 'summary', 'torchvision:resnet18'],
+    'fast-impl summary resnet18': [sys.executable, '-m', 'fast_impl.app.cli', 'summary', 'resnet18'],
+    'fast-impl summary torchvision:resnet18': [sys.executable, '-m', 'fast_impl.app.cli', 'summary',
+                                               'torchvision:resnet18'],
 }
-CHECK = "import sys; from fast_impl.cli import main; main(['summary', 'resnet18']); print('fastai' in sys.modules)"
+CHECK = ("import sys; from fast_impl.app.cli import main; main(['summary', 'resnet18']); "
+         "print('fastai' in sys.modules)")
 
 
 def timed(cmd: list[str]) -> float:

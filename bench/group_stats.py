@@ -14,7 +14,7 @@ def step_times(stats: bool, groups, steps: int) -> list[float]:
     import torch
     from fastai.callback.core import Callback, CancelFitException
     from fast_impl import GroupStats, digits_dls, discriminative_learner
-    from fast_impl.transfer import xresnet18_half
+    from fast_impl.fastai.xresnet import xresnet18_half
 
     class Clock(Callback):
         order = 99  # around everything else of the step

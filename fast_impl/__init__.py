@@ -13,7 +13,8 @@ _WHERE = {
     'split_stages': 'split', 'split_blocks': 'split', 'split_n': 'split', 'split_at': 'split',
     'check_groups': 'split', 'group_table': 'split', 'splitter': 'split',
     'param_groups': 'optim', 'layer_decay': 'lr', 'GroupTracker': 'optim',
-    'discriminative_learner': 'learner', 'GroupStats': 'learner', 'digits_dls': 'data',
+    'discriminative_learner': 'fastai.learner', 'GroupStats': 'fastai.callbacks',
+    'digits_dls': 'fastai.data',
 }
 __all__ = [*_WHERE, 'models']
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 __all__ = ['resolve', 'arch_name', 'UnknownArchError', 'WeightsUnavailableError', 'register_source',
-           'SOURCES', 'known_names', 'on_meta', 'load_weights', 'read_weights', 'check_pretrained']
+           'SOURCES', 'known_names', 'on_meta', 'load_weights', 'read_weights', 'check_pretrained',
+           'reachable', 'fail_fast_offline']
 
 import difflib, inspect, os, socket, sys, urllib.parse, urllib.request, warnings
 from contextlib import contextmanager
@@ -98,8 +99,8 @@ def _xresnet_names() -> list[str]:
 @register_source('fastai')
 def _fastai_builder(name: str):
     if name not in _xresnet_names(): return None
-    from fastai.vision.models import xresnet
-    return getattr(xresnet, name)
+    from .fastai.xresnet import xresnet
+    return xresnet(name)
 
 
 def known_names(prefix: str | None = None) -> list[str]:
@@ -226,7 +227,7 @@ def _cpu_fallback(builder, kwargs, err) -> nn.Module:
 def _fetch(builder: Callable, kwargs: dict, shown: str) -> nn.Module:
     "`builder` (named `shown`) with the registry's weights, on the CPU; offline, a one-line error in seconds"
     try:
-        with torch.device('cpu'), _fail_fast_offline(): return _call(builder, kwargs, True)
+        with torch.device('cpu'), fail_fast_offline(): return _call(builder, kwargs, True)
     except OSError as e:
         msg = str(e).splitlines()[0] if str(e) else ''
         raise WeightsUnavailableError(
@@ -235,7 +236,7 @@ def _fetch(builder: Callable, kwargs: dict, shown: str) -> nn.Module:
             f"there is a network, or pass a local weights file: pretrained='path/to/weights.pth'") from e
 
 
-def _reachable(url: str, timeout: float) -> bool:
+def reachable(url: str, timeout: float) -> bool:
     "True when a TCP connection to the host of `url` (or to the HTTPS proxy in use) opens within `timeout` s"
     proxy = urllib.request.getproxies().get('https')
     host = urllib.parse.urlsplit(proxy if proxy and not urllib.request.proxy_bypass(url) else url)
@@ -245,19 +246,26 @@ def _reachable(url: str, timeout: float) -> bool:
 
 
 @contextmanager
-def _fail_fast_offline(timeout: float = 5.):
-    """Downloads give up within seconds with no network: huggingface_hub goes offline (its cache only, no
-    retries for a minute) when its host is unreachable; sockets time out after `timeout` s (torch.hub)"""
-    try: from huggingface_hub import constants as hub
-    except ImportError: hub = None
-    offline = hub is not None and not hub.HF_HUB_OFFLINE and not _reachable(hub.ENDPOINT, timeout)
+def fail_fast_offline(timeout: float = 5., hub: bool = True):
+    """Downloads in the block give up within seconds with no network, never hang: sockets time out after
+    `timeout` s without data (torch.hub, fastai's `untar_data`) unless a timeout is set already; with `hub`,
+    huggingface_hub goes offline (its cache only, no retries for a minute) when its host is unreachable"""
+    hf = _hf_hub() if hub else None
+    offline = hf is not None and not hf.HF_HUB_OFFLINE and not reachable(hf.ENDPOINT, timeout)
     old = socket.getdefaulttimeout()
     if old is None: socket.setdefaulttimeout(timeout)
-    if offline: hub.HF_HUB_OFFLINE = True
+    if offline: hf.HF_HUB_OFFLINE = True
     try: yield
     finally:
         socket.setdefaulttimeout(old)
-        if offline: hub.HF_HUB_OFFLINE = False
+        if offline: hf.HF_HUB_OFFLINE = False
+
+
+def _hf_hub():
+    "huggingface_hub's constants module, or None where it is not installed"
+    try: from huggingface_hub import constants
+    except ImportError: return None
+    return constants
 
 # ---------------------------------------------------------------- local weights files
 

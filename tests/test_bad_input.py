@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fast_impl.cli import main
+from fast_impl.app.cli import main
 
 torch.set_num_threads(1)  # tiny models; on a busy machine 2 threads spin (10x slower)
 
@@ -71,7 +71,8 @@ CLI = [
     (['train', 'fast_impl:ResNet18', '--groups', 'stage'], '--groups must be stages, blocks or a number'),
     (['train', 'fast_impl:ResNet18', '--groups', '0'], "got '0'"),
     (['train', 'fast_impl:ResNet18', '--lr', '1e-4:1e-3', '--decay', '0.5'], 'give either --lr LO:HI or'),
-    (['train', 'fast_impl:ResNet18', '--device', 'gpu'], "device must be 'cpu', 'cuda', 'cuda:1', ...; got"),
+    (['train', 'fast_impl:ResNet18', '--device', 'gpu'], "device must be a torch device such as 'cpu', 'cuda' or "
+     "'cuda:1'; got 'gpu'"),
     (['train', 'fast_impl:ResNet18', '--device', 'meta'], "device 'meta' holds no data"),
     (['train', 'fast_impl:ResNet18', '--opt', 'rmsprop'], "invalid choice: 'rmsprop'"),
     (['train', 'fast_impl:ResNet18', '--pretrained', '--weights', 'x.pth'], 'give either --pretrained or'),
@@ -96,7 +97,7 @@ def sandbox(tmp_path, monkeypatch):
     for d in ('train', 'valid'): (tmp_path / 'empty' / d).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv('FASTAI_HOME', str(tmp_path / 'fastai_home'))  # holds no CIFAR-10 (and is not created)
-    monkeypatch.setattr('fast_impl.archs._reachable', lambda url, timeout: False)  # offline, always
+    monkeypatch.setattr('fast_impl.archs.reachable', lambda url, timeout: False)  # offline, always
     return tmp_path
 
 
@@ -119,7 +120,7 @@ def _toy():
 
 
 def _learner():
-    from fast_impl.learner import discriminative_learner
+    from fast_impl.fastai import discriminative_learner
     from test_learner import Toy, synth_dls
     return discriminative_learner(synth_dls(), Toy(), groups=3)
 
@@ -134,15 +135,15 @@ def _api():
     from fast_impl import (arch_summary, compare_archs, count_parameters, digits_dls, get_module, layer_decay,
                            layer_summary, resolve)
     from fast_impl.archs import UnknownArchError
-    from fast_impl.data import digits_images
-    from fast_impl.experiments import train_archs
+    from fast_impl.images import digits_images
+    from fast_impl.app.train import train_archs
     from fast_impl.lr import check_lrs
     from fast_impl.archs import load_weights
     from fast_impl.summary import ForwardError
     none = lambda: None
     nan = float('nan')
     def learner_kw(**kw):
-        from fast_impl.learner import discriminative_learner
+        from fast_impl.fastai import discriminative_learner
         from test_learner import Toy
         return lambda d: discriminative_learner(d, Toy, **kw)
     return [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fast_impl.cli import main
+from fast_impl.app.cli import main
 
 torch.set_num_threads(1)  # tiny models; on a busy machine 2 threads spin (10x slower)
 
@@ -53,7 +53,7 @@ def home(cifar_home, monkeypatch, offline) -> pathlib.Path:
 
 def test_untar_data_finds_it_already_there(home, tmp_path, monkeypatch):
     import fastai.data.external as E
-    from fast_impl.data import cifar10_path
+    from fast_impl.fastai.data import cifar10_path
     calls = []
     real = E.untar_data
     monkeypatch.setattr(E, 'untar_data', lambda url, *a, **kw: calls.append(url) or real(url, *a, **kw))
@@ -66,7 +66,7 @@ def test_untar_data_finds_it_already_there(home, tmp_path, monkeypatch):
 
 
 def test_cifar10_dls(home):
-    from fast_impl.data import cifar10_dls
+    from fast_impl.fastai.data import cifar10_dls
     dls = cifar10_dls(size=40, bs=8, limit=2, device='cpu')
     assert dls.c == 10 and list(dls.vocab) == CLASSES
     assert len(dls.train_ds) == len(dls.valid_ds) == 20  # `limit` per class in train and in test
@@ -79,9 +79,9 @@ def test_cifar10_dls(home):
 
 
 def test_missing_dataset_is_one_line_within_seconds(tmp_path, monkeypatch):
-    from fast_impl.data import cifar10_dls
+    from fast_impl.fastai.data import cifar10_dls
     monkeypatch.setenv('FASTAI_HOME', str(tmp_path))
-    monkeypatch.setattr('fast_impl.archs._reachable', lambda url, timeout: False)  # as with no network
+    monkeypatch.setattr('fast_impl.archs.reachable', lambda url, timeout: False)  # as with no network
     start = time.time()
     with pytest.raises(FileNotFoundError) as e: cifar10_dls()
     msg = str(e.value)
@@ -92,7 +92,7 @@ def test_missing_dataset_is_one_line_within_seconds(tmp_path, monkeypatch):
 
 
 def test_smallest_size_found_on_meta():
-    from fast_impl.experiments import _size_kwargs, smallest_size
+    from fast_impl.app.plan import size_kwargs, smallest_size
     from fast_impl.models import AlexNet
     assert smallest_size('fast_impl:AlexNet', 32) == 63
     m = AlexNet(10).eval()
@@ -100,8 +100,25 @@ def test_smallest_size_found_on_meta():
         assert m(torch.zeros(1, 3, 63, 63)).shape == (1, 10)  # the real pass agrees on the edge
         with pytest.raises(RuntimeError): m(torch.zeros(1, 3, 62, 62))
     with pytest.raises(ValueError, match='the smallest size it takes is 63: use --size 63 or more'):
-        _size_kwargs('fast_impl:AlexNet', 32)
-    assert _size_kwargs('fast_impl:ResNet18', 64) == {'img_size': 64}  # built for the size
+        size_kwargs('fast_impl:AlexNet', 32)
+    assert size_kwargs('fast_impl:ResNet18', 64) == {'img_size': 64}  # built for the size
+
+
+def test_plan_builds_each_arch_once_on_meta(tmp_path):
+    "The plan checks the size and the groups on one meta build per arch (two when it needs the image size)"
+    from fast_impl.app.plan import make_plan
+    from fast_impl.models import ResNet18
+    calls = []
+    def resnet(**kw):
+        calls.append(kw)
+        return ResNet18(**kw)
+    kw = dict(data='digits', epochs=1, lr=1e-3, size=32, bs=8, seed=0, limit=1, out=tmp_path, groups='stages',
+              decay=None, pretrained=False, norm=None, opt='adam', schedule='one_cycle', device='cpu')
+    plan = make_plan([resnet], **kw)
+    assert calls == [{}] and plan.kws == [{}]
+    calls.clear()
+    assert make_plan([resnet], **(kw | dict(size=64))).kws == [{'img_size': 64}]
+    assert calls == [{}, {'img_size': 64}]
 
 
 def test_train_the_seed_families(home, tmp_path, capsys):
@@ -130,28 +147,29 @@ def test_train_the_seed_families(home, tmp_path, capsys):
 
 def test_fine_tune_from_saved_weights_with_layer_decay(home, tmp_path, capsys):
     "A run's best.pth starts the next: every group trains, the head at lr, each earlier one `decay` x less"
-    from fast_impl.experiments import _dls, _group_lrs, _learner, _plan, train_archs
+    from fast_impl.app.plan import make_plan
+    from fast_impl.app.train import group_lrs, plan_dls, plan_learner, train_archs
     first = train_archs(['fast_impl:ResNet18'], data='cifar10', epochs=2, size=32, limit=1,
                         out=tmp_path / 'a', device='cpu')[0]
     assert first.weights == tmp_path / 'a' / 'fast_impl_ResNet18' / 'best.pth'
     assert len(first.curves['seconds']) == 2
-    plan = _plan(['fast_impl:ResNet18'], data='cifar10', epochs=1, lr=1e-3, size=32, bs=10, seed=0, limit=1,
-                 out=tmp_path / 'b', groups=3, decay=0.5, pretrained=first.weights, norm=None, opt='adam',
-                 schedule='one_cycle', device='cpu')
-    learn = _learner(_dls(plan, 10), plan.archs[0], plan.kws[0], plan, tmp_path / 'b')
+    plan = make_plan(['fast_impl:ResNet18'], data='cifar10', epochs=1, lr=1e-3, size=32, bs=10, seed=0,
+                     limit=1, out=tmp_path / 'b', groups=3, decay=0.5, pretrained=first.weights, norm=None,
+                     opt='adam', schedule='one_cycle', device='cpu')
+    learn = plan_learner(plan_dls(plan, 10), plan.archs[0], plan.kws[0], plan, tmp_path / 'b')
     assert learn.n_groups == 3 and learn.opt.frozen_idx == 0  # unfrozen: every group trains
-    np.testing.assert_allclose(_group_lrs(learn, plan), [2.5e-4, 5e-4, 1e-3])
+    np.testing.assert_allclose(group_lrs(learn, plan), [2.5e-4, 5e-4, 1e-3])
     saved = torch.load(first.weights)
     assert torch.equal(learn.model.conv1[0].weight.cpu(), saved['conv1.0.weight'])  # the saved body
     plan.decay = None
-    np.testing.assert_allclose(_group_lrs(learn, plan), [1e-5, 1e-4, 1e-3])  # fastai's fine_tune spread
+    np.testing.assert_allclose(group_lrs(learn, plan), [1e-5, 1e-4, 1e-3])  # fastai's fine_tune spread
     res = train_archs(['fast_impl:ResNet18'], data='cifar10', epochs=1, size=32, limit=1, out=tmp_path / 'b',
                       pretrained=first.weights, groups=3, decay=0.5, device='cpu')
     assert res[0].epoch == 1 and (tmp_path / 'b' / 'fast_impl_ResNet18' / 'history.csv').is_file()
 
 
 def test_plot_has_integer_epochs(tmp_path):
-    from fast_impl.experiments import TrainResult, plot_curves
+    from fast_impl.app.train import TrainResult, plot_curves
     def result(n):
         c = {k: list(np.linspace(0.2, 0.8, n)) for k in ('train_loss', 'train_accuracy', 'valid_loss',
                                                          'valid_accuracy')}

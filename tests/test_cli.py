@@ -7,8 +7,8 @@ GOLDEN = pathlib.Path(__file__).parent / 'golden'
 
 
 def cli(*args, ok=True, timeout=600):
-    r = subprocess.run([sys.executable, '-m', 'fast_impl.cli', *map(str, args)], capture_output=True, text=True,
-                       timeout=timeout)
+    r = subprocess.run([sys.executable, '-m', 'fast_impl.app.cli', *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout)
     if ok: assert r.returncode == 0, r.stderr
     return r
 
@@ -16,23 +16,34 @@ def cli(*args, ok=True, timeout=600):
 def test_summary_matches_seed_004():
     out = cli('summary', 'torchvision:wide_resnet50_2').stdout
     assert out.rstrip('\n') == (GOLDEN / 'seed004_wrn50.txt').read_text().rstrip('\n')
-    assert cli('summary', 'torchvision:wide_resnet50_2', 4).stdout == cli('summary', 'torchvision:wide_resnet50_2', 'layer1').stdout
+    wrn = 'torchvision:wide_resnet50_2'
+    assert cli('summary', wrn, 4).stdout == cli('summary', wrn, 'layer1').stdout
     verbose = cli('summary', 'fastai:xresnet18', '--verbose').stdout
     assert verbose.rstrip('\n') == (GOLDEN / 'seed004_xresnet18_verbose.txt').read_text().rstrip('\n')
 
 
 def test_summary_does_not_import_fastai():
-    code = "import sys; from fast_impl.cli import main; main(['summary', 'resnet18']); print('fastai' in sys.modules)"
+    code = ("import sys; from fast_impl.app.cli import main; main(['summary', 'resnet18']); "
+            "print('fastai' in sys.modules)")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert r.stdout.split()[-1] == 'False' and '(fc)' in r.stdout
 
 
 def test_groups_with_decay_does_not_import_fastai():
-    code = ("import sys; from fast_impl.cli import main; "
+    code = ("import sys; from fast_impl.app.cli import main; "
             "main(['groups', 'torchvision:resnet18', '--blocks', '--lr', '1e-3', '--decay', '0.5']); "
             "print('fastai' in sys.modules)")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert r.stdout.split()[-1] == 'False' and '| block 8 |' in r.stdout and '0.0005' in r.stdout
+
+
+@pytest.mark.parametrize('args', [['--data', '/nonexistent'], ['--out', __file__], ['--device', 'gpu'],
+                                  ['--epochs', '0']])
+def test_train_checks_arguments_before_importing_fastai(args):
+    code = ("import sys; from fast_impl.app.cli import main; "
+            f"print(main(['train', 'fast_impl:ResNet18', *{args!r}]), 'fastai' in sys.modules)")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert r.stdout.split() == ['2', 'False'] and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_params_prints_seed_000_table():
@@ -42,12 +53,14 @@ def test_params_prints_seed_000_table():
 
 def test_layers_formats():
     text = cli('layers', 'fast_impl:SimpleCNN', '--input', '1,3,32,32', '--depth', 2).stdout
-    assert '├─Conv2d (conv1)                         [3, 3]         [1, 32, 32, 32] 896            917,504' in text
+    assert ('├─Conv2d (conv1)                         [3, 3]         [1, 32, 32, 32] 896            '
+            '917,504') in text
     md = cli('layers', 'fast_impl:SimpleCNN', '--input', '1,3,32,32', '--format', 'markdown').stdout
     assert md.startswith('| ') and '917504' in md.replace(',', '')
     csv = cli('layers', 'fast_impl:SimpleCNN', '--input', '1,3,32,32', '--format', 'csv').stdout
     assert len(csv.strip().splitlines()) == 4 and 'conv1' in csv
-    assert cli('layers', 'fast_impl:SimpleCNN', '--input', '1,3,32,32', '--format', 'html').stdout.startswith('<')
+    html = cli('layers', 'fast_impl:SimpleCNN', '--input', '1,3,32,32', '--format', 'html').stdout
+    assert html.startswith('<')
 
 
 def test_compare_equal_budget():
@@ -80,7 +93,8 @@ def test_train_on_an_image_folder(tmp_path):
         for c in ('a', 'b'):
             (tmp_path / 'data' / split / c).mkdir(parents=True)
             for i in range(4):
-                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / 'data' / split / c / f'{i}.png')
+                img = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+                img.save(tmp_path / 'data' / split / c / f'{i}.png')
     r = cli('train', 'fast_impl:ResNet18', '--data', tmp_path / 'data', '--epochs', 1, '--size', 32,
             '--out', tmp_path / 'out')  # 8 training images, fewer than the default batch of 64 (issue 11)
     assert '| fast_impl:ResNet18 |' in r.stdout
@@ -103,10 +117,12 @@ def test_every_command_has_help():
     (['summary', 'resnt50'], "unknown arch 'resnt50'"),
     (['summary', 'torchvision:resnet18', 12], 'index 12 is out of range'),
     (['summary', 'torchvision:resnet18', 'layer9'], "no child named 'layer9'"),
-    (['layers', 'fast_impl:SimpleCNN', '--input', '1,3,x'], '--input must be comma-separated positive integers'),
+    (['layers', 'fast_impl:SimpleCNN', '--input', '1,3,x'],
+     '--input must be comma-separated positive integers'),
     (['layers', 'fast_impl:SimpleCNN', '--depth', 'q'], "invalid int value: 'q'"),
     (['layers', 'fast_impl:SimpleCNN', '--format', 'pdf'], 'invalid choice'),
-    (['groups', 'torchvision:resnet18', '--n', 2, '--stages'], 'give one of --stages, --blocks, --n N, --at PATHS'),
+    (['groups', 'torchvision:resnet18', '--n', 2, '--stages'],
+     'give one of --stages, --blocks, --n N, --at PATHS'),
     (['groups', 'torchvision:resnet18', '--lr', 'fast'], '--lr must be LO:HI or HI'),
     (['train', 'fast_impl:ResNet18', '--data', '/nonexistent'], 'needs train/ and valid/ subfolders'),
     (['frobnicate'], "unknown command 'frobnicate'"),
@@ -119,8 +135,9 @@ def test_bad_input_is_one_line_and_status_2(args, msg):
 
 def test_demo_quick_writes_table_and_plot(tmp_path):
     out = cli('demo', '--quick', '--out', tmp_path).stdout
-    for part in ['1. The model', '2. Pretraining on digits 0-4', '3. Its layer groups', '4. Fine-tuning on digits 5-9',
-                 '| fast_impl stage groups + layer decay 0.75 | 6 |', f'plot written to: {tmp_path / "transfer.png"}']:
+    for part in ['1. The model', '2. Pretraining on digits 0-4', '3. Its layer groups',
+                 '4. Fine-tuning on digits 5-9', '| fast_impl stage groups + layer decay 0.75 | 6 |',
+                 f'plot written to: {tmp_path / "transfer.png"}']:
         assert part in out
     assert (tmp_path / 'transfer.png').stat().st_size > 10_000
     rows = [l for l in (tmp_path / 'results.md').read_text().splitlines() if l.startswith('| ')]
@@ -128,8 +145,10 @@ def test_demo_quick_writes_table_and_plot(tmp_path):
 
 
 @pytest.mark.parametrize('args,msg', [
-    (['layers', 'fast_impl:SimpleCNN', '--input', '1,4,32,32'], "forward pass on meta failed in module 'conv1' (Conv2d)"),
-    (['layers', 'fast_impl:SimpleCNN', '--input', '0,3,32,32'], '--input must be comma-separated positive integers'),
+    (['layers', 'fast_impl:SimpleCNN', '--input', '1,4,32,32'],
+     "forward pass on meta failed in module 'conv1' (Conv2d)"),
+    (['layers', 'fast_impl:SimpleCNN', '--input', '0,3,32,32'],
+     '--input must be comma-separated positive integers'),
     (['summary', 'fast_impl:VGG_CFGS'], "unknown arch 'fast_impl:VGG_CFGS'"),
 ])
 def test_input_the_model_cannot_take_is_one_line(args, msg):
@@ -138,6 +157,6 @@ def test_input_the_model_cannot_take_is_one_line(args, msg):
 
 
 def test_groups_lr_for_a_single_group_is_the_upper_end():
-    from fast_impl.cli import _lrs, _rates
+    from fast_impl.app.cli import _lrs, _rates
     assert _lrs(1, _rates('1e-5:1e-3', None)) == [1e-3]  # as fastai gives slice(lo, hi) to a single group
     assert _lrs(3, _rates('1e-5:1e-3', None)) == pytest.approx([1e-5, 1e-4, 1e-3])

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fast_impl.data import digits_dls, digits_images, pick_per_class
+from fast_impl.fastai.data import digits_dls
+from fast_impl.images import digits_images, pick_per_class
 
 
 def test_images():
@@ -50,5 +51,6 @@ def test_errors():
 
 
 def test_import_has_no_fastai():
-    code = "import sys, fast_impl.data; assert 'fastai' not in sys.modules, 'fastai imported'"
+    code = ("import sys, fast_impl.images, fast_impl.enums, fast_impl.app.plan, fast_impl.app.train; "
+            "assert 'fastai' not in sys.modules, 'fastai imported'")
     subprocess.run([sys.executable, '-c', code], check=True)

@@ -71,7 +71,7 @@ def test_api_reference_covers_all_public_names(site):
 
 
 def test_cli_page_has_every_command(site):
-    from fast_impl.cli import COMMANDS
+    from fast_impl.app.cli import COMMANDS
     page = (site / 'cli.html').read_text()
     assert 'usage: fast-impl COMMAND' in page
     for name in COMMANDS: assert f'usage: fast-impl {name}' in page, f'no --help text for fast-impl {name}'

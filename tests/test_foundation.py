@@ -111,7 +111,7 @@ def test_second_make_test_reuses_the_venv():
 
 def test_registries_refuse_a_duplicate_name():
     "Arch sources, split strategies and CLI commands are ordered tables that refuse a name taken twice"
-    from fast_impl.cli import COMMANDS, command
+    from fast_impl.app.cli import COMMANDS, command
     from fast_impl.archs import SOURCES, register_source
     assert list(SOURCES) == ['fast_impl', 'timm', 'torchvision', 'fastai'] and 'summary' in COMMANDS
     with pytest.raises(ValueError, match="arch source 'timm' is already registered"): register_source('timm')(print)

@@ -1,4 +1,4 @@
-"fastai integration: Learners for hard archs, per-group LRs reaching the optimizer, freezing, the wd policy, DDP."
+"fastai integration: Learners for hard archs, per-group LRs reaching the optimizer, freezing, wd policy, DDP."
 from __future__ import annotations
 
 import contextlib, time, warnings
@@ -15,8 +15,11 @@ from fastai.data.transforms import Categorize, Normalize
 from fastai.optimizer import SGD
 from fastai.torch_core import TensorImage
 
-from fast_impl.learner import (DiscriminativeLearner, arch_stats, build_model, classifier_name, discriminative_learner,
-                               is_norm, layer_decay, no_decay_params)
+from fast_impl.fastai import (DiscriminativeLearner, arch_stats, build_model, classifier_name,
+                              discriminative_learner)
+from fast_impl.layers import is_norm
+from fast_impl.lr import layer_decay
+from fast_impl.optim import no_decay_params
 from fast_impl.archs import resolve
 from fast_impl.split import GroupError
 
@@ -92,10 +95,10 @@ class Toy(nn.Module):
     "A small CNN with a root-held parameter, tied conv weights and GroupNorm"
     def __init__(self, n_out=2):
         super().__init__()
-        self.alpha = nn.Parameter(torch.ones(1))  # root-held (a name like `scale` would hit split.py's late-use rule)
+        self.alpha = nn.Parameter(torch.ones(1))  # root-held (`scale` would hit the late-use rule)
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.blocks = nn.Sequential(*[nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU())
-                                      for _ in range(4)])
+        self.blocks = nn.Sequential(*[nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(2, 8),
+                                                    nn.ReLU()) for _ in range(4)])
         self.blocks[3][0].weight = self.blocks[1][0].weight
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(8, n_out)
@@ -107,7 +110,8 @@ class StepProbe(Callback):
     "Before each step, keep every parameter with a gradient, its gradient and its group's LR"
     def before_step(self):
         self.before = {id(p): (p.detach().clone(), p.grad.detach().clone(), h['lr'])
-                       for pg, h in zip(self.opt.param_lists, self.opt.hypers) for p in pg if p.grad is not None}
+                       for pg, h in zip(self.opt.param_lists, self.opt.hypers) for p in pg
+                       if p.grad is not None}
         self.others = {id(p): p.detach().clone() for p in self.learn.model.parameters() if p.grad is None}
 
 
@@ -149,13 +153,14 @@ def test_no_decay_policy():
     m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.GroupNorm(2, 4), tl.BatchNormAct2d(4), tl.LayerNorm2d(4),
                       tl.LayerScale2d(4), nn.RMSNorm(4), nn.Linear(4, 4, bias=False))
     names = lambda ps: sorted(n for n, p in m.named_parameters() if any(p is q for q in ps))
-    assert names(no_decay_params(m, with_bias=False)) == ['1.bias', '1.weight', '2.bias', '2.weight', '3.bias',
-                                                         '3.weight', '4.gamma', '5.weight']
+    assert names(no_decay_params(m, with_bias=False)) == ['1.bias', '1.weight', '2.bias', '2.weight',
+                                                         '3.bias', '3.weight', '4.gamma', '5.weight']
     assert names(no_decay_params(m)) == ['0.bias'] + names(no_decay_params(m, with_bias=False))
     assert all(is_norm(l) for l in m[1:4]) and not is_norm(m[0]) and not is_norm(m[6])
     vit = resolve('vit_small_patch14_reg4_dinov2')  # on meta: the policy needs no weights
     nd = {n for n, p in vit.named_parameters() if any(p is q for q in no_decay_params(vit, False))}
-    assert {'cls_token', 'reg_token', 'pos_embed', 'blocks.0.norm1.weight'} <= nd and 'blocks.0.attn.qkv.weight' not in nd
+    assert {'cls_token', 'reg_token', 'pos_embed', 'blocks.0.norm1.weight'} <= nd
+    assert 'blocks.0.attn.qkv.weight' not in nd
     swin = resolve('swin_tiny_patch4_window7_224')  # timm's no_weight_decay() names
     assert 'layers.0.blocks.0.attn.relative_position_bias_table' in {
         n for n, p in swin.named_parameters() if any(p is q for q in no_decay_params(swin, False))}
@@ -277,7 +282,8 @@ def test_vision_learner_with_stage_splitter():
     from fastai.vision.learner import vision_learner
     from fastai.vision.models.xresnet import xresnet18
     from fast_impl.split import stage_splitter
-    learn = vision_learner(synth_dls(), xresnet18, pretrained=False, normalize=False, splitter=stage_splitter())
+    learn = vision_learner(synth_dls(), xresnet18, pretrained=False, normalize=False,
+                           splitter=stage_splitter())
     learn.freeze()  # fastai's Sequential(body, head): the head group is fastai's whole head
     n = len(learn.opt.param_lists)
     assert n >= 5 and all(p.requires_grad for p in learn.model[1].parameters())
@@ -288,39 +294,44 @@ def test_vision_learner_with_stage_splitter():
 
 
 class _MlpHead(nn.Module):
-    "A torchvision backbone without its classifier and a new MLP head (Linear, BatchNorm1d, ReLU, Dropout, Linear)"
+    "A torchvision backbone without its classifier and a new MLP head (Linear, BatchNorm1d, ...)"
     def __init__(self):
         super().__init__()
         import torchvision
         self.backbone = torchvision.models.resnet18()
         self.backbone.fc = nn.Identity()
-        self.head = nn.Sequential(nn.Linear(512, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 2))
+        self.head = nn.Sequential(nn.Linear(512, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.2),
+                                  nn.Linear(64, 2))
 
     def forward(self, x): return self.head(self.backbone(x))
 
 
 def test_new_head_trains_while_frozen():
-    "Every layer of a new MLP head is in the head group, so freeze() leaves it trainable; head= adds modules to it"
+    "Every layer of a new MLP head is in the head group, so freeze() leaves it trainable; head= adds modules"
     learn = discriminative_learner(synth_dls(), _MlpHead())
     learn.freeze()
     m = learn.model
-    assert all(p.requires_grad for p in m.head.parameters()) and not m.backbone.layer4[0].conv1.weight.requires_grad
+    assert all(p.requires_grad for p in m.head.parameters())
+    assert not m.backbone.layer4[0].conv1.weight.requires_grad
     learn = discriminative_learner(synth_dls(), _MlpHead(), head='backbone.layer4')
     learn.freeze()
-    assert learn.model.backbone.layer4[0].conv1.weight.requires_grad and learn.n_groups == 5  # layer4 joined the head
+    assert learn.model.backbone.layer4[0].conv1.weight.requires_grad
+    assert learn.n_groups == 5  # layer4 joined the head
     assert learn.splitter.head == 'backbone.layer4'
     with pytest.raises(ValueError, match='head= applies to'):
         discriminative_learner(synth_dls(), _MlpHead(), groups=lambda m: [list(m.parameters())], head='head')
-    with pytest.raises(KeyError, match="no child named 'nope'"): discriminative_learner(synth_dls(), _MlpHead(), head='nope')
+    with pytest.raises(KeyError, match="no child named 'nope'"):
+        discriminative_learner(synth_dls(), _MlpHead(), head='nope')
 
 
-# ---------------------------------------------------------------- issue 12: blocks, GroupStats, gradual unfreezing
+# ---------------------------------------------------------- issue 12: blocks, GroupStats, gradual unfreezing
 
 def test_blocks_learner_and_group_names():
     learn = discriminative_learner(synth_dls(), Toy(), groups='blocks')
     df = learn.show_groups().to_df()
     assert df['name'].tolist() == [f'block {i}' for i in range(1, 6)] + ['head'] and learn.n_groups == 6
-    with pytest.raises(ValueError, match="did you mean 'blocks'"): discriminative_learner(synth_dls(), Toy(), groups='block')
+    with pytest.raises(ValueError, match="did you mean 'blocks'"):
+        discriminative_learner(synth_dls(), Toy(), groups='block')
 
 
 def test_group_stats_records_every_step_and_group():
@@ -330,17 +341,19 @@ def test_group_stats_records_every_step_and_group():
     learn.fit(2, lr=[1e-3, 1e-2, 1e-1])
     df = learn.group_stats.df
     assert list(df.columns) == ['step', 'group', 'name', 'lr', 'grad_norm', 'update_ratio']
-    assert len(df) == 4 * 3 and df['name'].tolist()[:3] == ['group 1', 'group 2', 'head']  # 2 epochs x 2 batches
+    assert len(df) == 4 * 3  # 2 epochs x 2 batches
+    assert df['name'].tolist()[:3] == ['group 1', 'group 2', 'head']
     assert df.lr.tolist()[:3] == [1e-3, 1e-2, 1e-1]
     assert (df.grad_norm > 0).all() and (df.update_ratio > 0).all()
-    # SGD without momentum: the update is lr * grad (wd 0.01 decoupled adds lr*wd*w), so the ratio follows the lr
+    # SGD without momentum: the update is lr * grad (wd 0.01 decoupled adds lr*wd*w): the ratio follows the lr
     r = df[df.step == 3].update_ratio.to_numpy()
     assert r[0] < r[1] < r[2]
     fig = learn.plot_group_stats()
     assert len(fig.axes) == 3 and len(fig.axes[0].lines) == 3
     learn.group_stats.reset()
     assert learn.group_stats.df.empty
-    with pytest.raises(ValueError, match='cbs=GroupStats'): discriminative_learner(synth_dls(), Toy()).plot_group_stats()
+    with pytest.raises(ValueError, match='cbs=GroupStats'):
+        discriminative_learner(synth_dls(), Toy()).plot_group_stats()
 
 
 def test_gradual_unfreeze_phases_from_the_top():
@@ -367,7 +380,8 @@ def test_gradual_unfreeze_phases_from_the_top():
                       'gradual unfreezing, phase 3/3: training 3 of 3 groups (group 1 .. head)']
     assert not torch.equal(body, w0) and learn.opt.frozen_idx == 0
     df = learn.group_stats.df
-    assert df.step.max() == 2 and df[df.step == 0].grad_norm.isna().tolist() == [False, False, False]  # norms train
+    assert df.step.max() == 2
+    assert df[df.step == 0].grad_norm.isna().tolist() == [False, False, False]  # norms train
 
 
 def test_gradual_unfreeze_bad_input_changes_nothing():
@@ -378,7 +392,38 @@ def test_gradual_unfreeze_bad_input_changes_nothing():
     w0 = [p.detach().clone() for p in learn.model.parameters()]
     for kw, match in [(dict(epochs=0), 'epochs must be'), (dict(step=0), 'step must be'),
                       (dict(epochs=[1, 1]), 'a list of 3 of them'),
-                      (dict(lr_max=-1.0), 'lr must be a positive'), (dict(decay=2.0), r'decay must be in \(0, 1\]')]:
+                      (dict(lr_max=-1.0), 'lr must be a positive'),
+                      (dict(decay=2.0), r'decay must be in \(0, 1\]')]:
         with pytest.raises(ValueError, match=match): learn.gradual_unfreeze(**kw)
         assert learn.opt.frozen_idx == 0 and all(p.requires_grad for p in learn.model.parameters())
     assert all(torch.equal(p, w) for p, w in zip(learn.model.parameters(), w0))  # nothing trained
+
+
+def test_group_stats_given_to_one_fit():
+    "fastai's way to pass a callback for one fit: the data stays in `gs`; both plots work"
+    from fast_impl import GroupStats
+    learn = discriminative_learner(synth_dls(n_train=8), Toy(), groups=3, opt_func=SGD)
+    gs = GroupStats()
+    learn.fit(1, lr=1e-2, cbs=gs)
+    assert gs not in learn.cbs and not hasattr(learn, 'group_stats')  # fastai removed it after the fit
+    assert len(gs.df) == 2 * 3 and gs.df['name'].tolist()[-3:] == ['group 1', 'group 2', 'head']
+    assert len(gs.plot().axes) == 3 and len(learn.plot_group_stats().axes[0].lines) == 3
+    learn.fit(1, lr=1e-2, cbs=gs)  # it runs on across fits
+    assert gs.df.step.tolist()[-1] == 3
+    with pytest.raises(ValueError, match='fit first'): GroupStats().plot()
+
+
+def test_groups_split_once_per_learner(monkeypatch):
+    "The groups are split and checked once: construction, n_groups, the optimizer and fits reuse them"
+    import fast_impl.fastai.learner as L
+    calls, real = [], L.named_groups
+    monkeypatch.setattr(L, 'named_groups', lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    learn = discriminative_learner(synth_dls(), Toy(), groups=3)
+    assert learn.n_groups == 3 and calls == [1]
+    learn.freeze()
+    learn.fit(1, lr=1e-3)
+    assert calls == [1] and len(learn.opt.param_lists) == 3
+    learn.splitter = L.splitter(2)  # a new splitter: split again, once
+    learn.create_opt()
+    learn.create_opt()
+    assert calls == [1, 1] and len(learn.opt.param_lists) == 2

@@ -12,7 +12,7 @@ from torch import nn
 
 import fast_impl
 from fast_impl import compare_archs, layer_decay, layer_summary
-from fast_impl.cli import main
+from fast_impl.app.cli import main
 from fast_impl.archs import UnknownArchError, WeightsUnavailableError, resolve
 from fast_impl.inputs import native_input_size
 
@@ -21,7 +21,7 @@ torch.set_num_threads(1)  # tiny models; on a busy machine 2 threads spin (10x s
 
 
 def _learner(**kw):
-    from fast_impl.learner import discriminative_learner
+    from fast_impl.fastai import discriminative_learner
     from test_learner import synth_dls
     return discriminative_learner(synth_dls(), 'fastai:xresnet18', widen=0.25, **kw)
 
@@ -158,10 +158,10 @@ def test_7_cli_layers_uses_the_native_size(capsys):
 
 
 def test_7_train_builds_models_for_the_data_size():
-    from fast_impl.experiments import _size_kwargs
-    assert _size_kwargs('vit_tiny_patch16_224', 32) == {'img_size': 32}
-    assert _size_kwargs('torchvision:vit_b_16', 32) == {'image_size': 32}
-    assert _size_kwargs('fast_impl:ResNet18', 32) == {}
+    from fast_impl.app.plan import size_kwargs
+    assert size_kwargs('vit_tiny_patch16_224', 32) == {'img_size': 32}
+    assert size_kwargs('torchvision:vit_b_16', 32) == {'image_size': 32}
+    assert size_kwargs('fast_impl:ResNet18', 32) == {}
 
 # ---------------------------------------------------------------- 8, 9. Learner: groups, keywords, n_groups
 

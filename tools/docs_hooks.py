@@ -7,7 +7,7 @@
   command); and sets the navigation: the landing notebook, the lessons, the API reference, the command line.
 - `on_page_content` points links between notebooks (`04_splitting.ipynb`) to their pages.
 
-All is computed at build time from `fast_impl.__all__` and `fast_impl.cli.COMMANDS`: a new public name or
+All is computed at build time from `fast_impl.__all__` and `fast_impl.app.cli.COMMANDS`: a new public name or
 command gets its entry without editing any list.
 """
 from __future__ import annotations
@@ -110,7 +110,7 @@ def api_pages(package: str = 'fast_impl') -> dict[str, str]:
 
 def _help(argv: list[str]) -> str:
     "What `fast-impl ARGV` prints (run in-process, at a fixed width)"
-    from fast_impl.cli import main
+    from fast_impl.app.cli import main
     old, buf = os.environ.get('COLUMNS'), io.StringIO()
     os.environ['COLUMNS'] = HELP_COLUMNS
     try:
@@ -123,7 +123,7 @@ def _help(argv: list[str]) -> str:
 
 def cli_page() -> str:
     "The command-line page: `fast-impl --help`, then `fast-impl COMMAND --help` for every command"
-    from fast_impl.cli import COMMANDS
+    from fast_impl.app.cli import COMMANDS
     lines = ['# Command line', '', 'The `fast-impl` command is installed with the package; each section '
              'below is the `--help` text of one subcommand.', '',
              '```text', '$ fast-impl --help', _help(['--help']), '```', '']

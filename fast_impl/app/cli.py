@@ -1,4 +1,4 @@
-"The `fast-impl` command line: one subcommand per function below, parsers built by `fastcore.script.anno_parser`."
+"The `fast-impl` command line: one subcommand per function below, parsers by `fastcore.script.anno_parser`."
 from __future__ import annotations
 
 __all__ = ['main', 'COMMANDS']
@@ -9,7 +9,8 @@ from typing import Annotated, Callable
 
 from fastcore.script import anno_parser, store_true
 
-from .registry import Registry
+from ..enums import Norm, Opt, Schedule, values
+from ..registry import Registry
 
 COMMANDS = Registry('command')
 ARCH_HELP = 'a timm name, torchvision:NAME, fastai:xresnet18 or fast_impl:Plain18Layer'
@@ -36,7 +37,8 @@ def _ints(s: str | None, what: str) -> tuple[int, ...] | None:
     if s is None: return None
     try: out = tuple(int(x) for x in s.split(','))
     except ValueError: out = ()
-    if not out or min(out) < 1: raise CliError(f"{what} must be comma-separated positive integers such as 1,3,224,224, got {s!r}")
+    if not out or min(out) < 1:
+        raise CliError(f"{what} must be comma-separated positive integers such as 1,3,224,224, got {s!r}")
     return out
 
 
@@ -57,16 +59,16 @@ def _paths(at: str) -> list[list]:
 
 
 def _render(report, fmt: Fmt) -> str:
-    return {Fmt.text: str, Fmt.markdown: lambda r: r.to_markdown(), Fmt.csv: lambda r: r.to_csv().rstrip('\n'),
-            Fmt.html: lambda r: r._repr_html_()}[Fmt(fmt)](report)
+    return {Fmt.text: str, Fmt.markdown: lambda r: r.to_markdown(),
+            Fmt.csv: lambda r: r.to_csv().rstrip('\n'), Fmt.html: lambda r: r._repr_html_()}[Fmt(fmt)](report)
 
 
 @command
-def summary(arch: str,  # the architecture: a timm name, torchvision:NAME, fastai:xresnet18 or fast_impl:Plain18Layer
+def summary(arch: str,  # the architecture: a timm name, torchvision:NAME, fastai:NAME or fast_impl:NAME
             *path: str,  # the module whose children to list: index path `4 0` or `4.0`, or name `layer1.0`
             verbose: store_true = False):  # list each child's own children beneath it
     "List the children of ARCH, or of its module at PATH, with their layer counts (no weights are allocated)"
-    from .summary import arch_summary
+    from ..summary import arch_summary
     print(arch_summary(arch, _path(path), verbose=verbose))
 
 
@@ -76,14 +78,14 @@ def layers(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:N
            depth: int = 3,  # how many levels of the module tree to show
            format: FmtArg = 'text'):  # output format
     "Per-layer kernel shape, output shape, parameters and mult-adds of ARCH, from one pass on the meta device"
-    from .summary import layer_summary
+    from ..summary import layer_summary
     print(_render(layer_summary(arch, input_size=_ints(input, '--input'), depth=depth), format))
 
 
 @command
 def params(arch: str):  # the architecture (timm name, torchvision:NAME, fastai:NAME, fast_impl:NAME)
     "Table of the trainable parameter tensors of ARCH and their total (tied weights once)"
-    from .summary import count_parameters
+    from ..summary import count_parameters
     count_parameters(arch)
 
 
@@ -91,16 +93,16 @@ def params(arch: str):  # the architecture (timm name, torchvision:NAME, fastai:
 def compare(*archs: str,  # two or more architectures
             input: str = None,  # input size for all, comma-separated (default: each ARCH's own size)
             format: FmtArg = 'text'):  # output format
-    "Compare ARCHs: parameters, mult-adds, depth, output shape, parameters per stage, change against the first"
+    "Compare ARCHs: parameters, mult-adds, depth, output shape, parameters per stage, change from the first"
     if len(archs) < 2:
         raise CliError(f"compare needs two or more ARCHs, got {len(archs)}; for one: fast-impl layers ARCH")
-    from .summary import compare_archs
+    from ..summary import compare_archs
     print(_render(compare_archs(list(archs), input_size=_ints(input, '--input')), format))
 
 
 def _lr_range(lr: str) -> tuple[float | None, float]:
     "`--lr LO:HI` or `--lr HI` as (lo or None, hi), each a positive, finite rate; a reversed range warns"
-    from .lr import check_lr
+    from ..checks import check_lr
     lo, _, hi = lr.rpartition(':')
     try: lo, hi = (check_lr(float(lo)) if lo else None), check_lr(float(hi))
     except ValueError:
@@ -119,15 +121,15 @@ def _rates(lr: str | None, decay: float | None) -> tuple | None:
     if decay is not None and lo is not None:
         raise CliError('give either --lr LO:HI or --decay D (with an optional --lr HI), not both')
     if decay is not None:
-        from .lr import layer_decay
-        layer_decay(hi, 1, decay)  # checks D
+        from ..checks import check_decay
+        check_decay(decay)
     return lo, hi, decay
 
 
 def _lrs(n: int, rates: tuple | None) -> list[float] | None:
     "Per-group learning rates from `_rates`: geometric from LO to HI (as fastai spreads a slice), or decaying"
     if rates is None: return None
-    from .lr import layer_decay, lr_spread
+    from ..lr import layer_decay, lr_spread
     lo, hi, decay = rates
     if decay is not None: return [float(x) for x in layer_decay(hi, n, decay)]
     return [hi] * n if lo is None else lr_spread(lo, hi, n)  # a single group: the slice's upper end (fastai)
@@ -136,7 +138,7 @@ def _lrs(n: int, rates: tuple | None) -> list[float] | None:
 @command
 def groups(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:NAME, fast_impl:NAME)
            stages: store_true = False,  # stem, one group per stage, head (the default)
-           blocks: store_true = False,  # one group per block (BEiT-style layer decay; timm's own blocks for timm)
+           blocks: store_true = False,  # one group per block (BEiT-style layer decay; timm's own for timm)
            n: int = None,  # N contiguous groups balanced by parameters
            at: str = None,  # cut before these modules: comma-separated paths, e.g. `layer2,layer4` or `4,6`
            lr: str = None,  # learning rates LO:HI spread geometrically over the groups (or HI with --decay)
@@ -146,8 +148,8 @@ def groups(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:N
     if sum([stages, blocks, n is not None, at is not None]) > 1:
         raise CliError('give one of --stages, --blocks, --n N, --at PATHS')
     rates = _rates(lr, decay)  # bad rates fail before the model is built
-    from .archs import resolve
-    from .split import group_table, named_groups
+    from ..archs import resolve
+    from ..split import group_table, named_groups
     model = resolve(arch)
     kind = n if n is not None else _paths(at) if at is not None else 'blocks' if blocks else 'stages'
     named = named_groups(model, kind)
@@ -155,9 +157,9 @@ def groups(arch: str,  # the architecture (timm name, torchvision:NAME, fastai:N
     print(_render(group_table(model, gs, lrs=_lrs(len(gs), rates), names=[x for x, _ in named]), format))
 
 
-NormArg = Annotated[str, {'choices': ['seed', 'cifar', 'imagenet', 'none']}]
-OptArg = Annotated[str, {'choices': ['adam', 'sgd']}]
-ScheduleArg = Annotated[str, {'choices': ['one_cycle', 'constant']}]
+NormArg = Annotated[str, {'choices': values(Norm)}]
+OptArg = Annotated[str, {'choices': values(Opt)}]
+ScheduleArg = Annotated[str, {'choices': values(Schedule)}]
 
 
 def _groups_arg(groups: str) -> str | int:
@@ -196,7 +198,7 @@ def train(*archs: str,  # architectures to train and compare
     if data and digits: raise CliError('give either --data FOLDER or --digits, not both')
     if pretrained and weights: raise CliError('give either --pretrained or --weights FILE, not both')
     rate = _train_lr(lr, decay)
-    from .experiments import train_archs
+    from .train import train_archs
     train_archs(list(archs), data=data, epochs=epochs, lr=rate, size=size, bs=bs, out=out, limit=limit,
                 groups=_groups_arg(groups), decay=decay, pretrained=weights or pretrained, norm=norm, opt=opt,
                 schedule=schedule, device=device)
@@ -206,8 +208,8 @@ def train(*archs: str,  # architectures to train and compare
 def demo(out: str = 'demo_out',  # folder for the results table and the plot
          seeds: int = 5,  # repeats of each fine-tuning method (each draws other labelled images)
          quick: store_true = False):  # a smaller run (for tests)
-    "The main job on the embedded digits: summary, layer groups, discriminative fine-tuning vs baselines, plot"
-    from .experiments import demo as run_demo
+    "The main job on the embedded digits: summary, layer groups, discriminative fine-tuning, baselines, plot"
+    from .demo import demo as run_demo
     run_demo(out=out, seeds=seeds, quick=quick)
 
 
@@ -228,10 +230,11 @@ def run(argv: list[str]) -> int:
     "Run the command line `argv` (without the program name); returns the exit status"
     if not argv or argv[0] in ('-h', '--help'): print(_usage()); return 0
     if argv[0] in ('-V', '--version'):
-        from . import __version__
+        from .. import __version__
         print(f'fast-impl {__version__}'); return 0
     name, rest = argv[0], argv[1:]
-    if name not in COMMANDS: raise CliError(f"unknown command {name!r}; valid commands: {', '.join(COMMANDS)}")
+    if name not in COMMANDS:
+        raise CliError(f"unknown command {name!r}; valid commands: {', '.join(COMMANDS)}")
     args = vars(_parser(name).parse_args(rest))
     args.pop('pdb', None); args.pop('xtra', None)
     f, pargs = COMMANDS[name], []
