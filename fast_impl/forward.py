@@ -21,7 +21,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from .archs import arch_name, resolve
 from .checks import check_device
-from .inputs import (batch_of, check_dtype, check_size, cpu_model, example_inputs, input_sizes, meta_model,
+from .inputs import (batch_of, check_dtype, check_input_data, check_size, cpu_model, example_inputs, input_sizes, meta_model,
                      model_on, native_input_size)
 from .layers import is_layer, is_norm
 from .metashapes import shortcut
@@ -346,14 +346,15 @@ def _size_hint(e: ForwardError, model: nn.Module, arch, input_size, input_data) 
 
 def trace(model: nn.Module, input_size=None, input_data=None) -> Trace | None:
     "The `Trace` of an eval pass of a meta copy of `model` (batch of 2), None if no input works"
-    m = meta_model(model)
-    meta = torch.device('meta')
+    m, meta = meta_model(model), torch.device('meta')
+    if input_data is not None: check_input_data(input_data)
+    elif input_size is not None: check_size(input_size)
     sizes = [input_size] if input_size is not None else input_sizes(model)
     # the shortcuts are exact on the ops they take; if every size fails, retry without them
     for fast in (True, False):
         for size in ([None] if input_data is not None else sizes):
             try: return record(m, example_inputs(size, input_data, meta, batch=2), False, order=True, fast=fast).trace
-            except (ForwardError, TypeError): continue
+            except ForwardError: continue
     return None
 
 

@@ -1,7 +1,8 @@
 "Example inputs for the forward pass: one input-size guess, `input_data` moved where the model is, meta copies."
 from __future__ import annotations
 
-__all__ = ['native_input_size', 'input_sizes', 'check_size', 'check_dtype', 'example_inputs', 'batch_of',
+__all__ = ['native_input_size', 'input_sizes', 'check_size', 'check_dtype', 'check_input_data', 'example_inputs',
+           'batch_of',
            'model_on', 'cpu_model', 'meta_model']
 
 import copy, functools, inspect, sys
@@ -124,7 +125,10 @@ def check_dtype(dtype) -> torch.dtype:
 
 def _move(x, device: torch.device):
     "Tensor `x` on `device` (a meta tensor becomes random/zero data of its shape); anything else as is"
-    if not isinstance(x, torch.Tensor) or x.device == device: return x
+    if not isinstance(x, torch.Tensor): return x
+    if type(x) is not torch.Tensor and not isinstance(x, nn.Parameter):
+        x = x.as_subclass(torch.Tensor)  # fastai's TensorImage & co: their own __torch_function__ stays out
+    if x.device == device: return x
     if x.is_meta and device.type != 'meta':
         if x.is_floating_point(): return torch.randn(x.shape, dtype=x.dtype, device=device)
         return torch.zeros_like(x, device=device)
@@ -138,12 +142,17 @@ def example_inputs(input_size, input_data, device: torch.device, dtype=torch.flo
     if input_data is None:
         sizes = [(batch or s[0], *s[1:]) for s in check_size(input_size)]
         return tuple(torch.randn(s, dtype=dtype, device=device) for s in sizes), {}
-    if not tree_leaves(input_data) or not any(isinstance(t, torch.Tensor) for t in tree_leaves(input_data)):
-        raise TypeError(f"input_data must be a tensor, a tuple of positional inputs or a dict of keyword "
-                        f"inputs holding tensors; got {type(input_data).__name__}")
-    data = tree_map(functools.partial(_move, device=device), input_data)
+    data = tree_map(functools.partial(_move, device=device), check_input_data(input_data))
     if isinstance(data, dict): return (), data
     return (tuple(data) if isinstance(data, (list, tuple)) else (data,)), {}
+
+
+def check_input_data(x):
+    "`x` when it is a tensor, or a tuple/list/dict holding tensors; else one `TypeError` saying what is valid"
+    if isinstance(x, torch.Tensor) or (isinstance(x, (tuple, list, dict))
+                                       and any(isinstance(t, torch.Tensor) for t in tree_leaves(x))): return x
+    raise TypeError(f"input_data must be a tensor, a tuple of positional inputs or a dict of keyword inputs "
+                    f"holding tensors (ints allowed: token ids); got {type(x).__name__}")
 
 
 def batch_of(inputs: tuple[tuple, dict]) -> int:

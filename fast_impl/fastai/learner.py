@@ -50,6 +50,7 @@ class DiscriminativeLearner(Learner):
     when the model, its parameters or the splitter change); it applies `no_decay_params`, checks the learning
     rates of every fit, and warns on a futile `freeze` or on per-group rates for frozen groups"""
     _groups = None  # ((model, splitter, parameter ids), [(name, params), ...]): the groups, computed once
+    _input_data = None  # example inputs of the pass that orders the groups (one batch of the DataLoaders)
     _phased = False  # in gradual_unfreeze: frozen groups are meant
 
     def layer_groups(self) -> list[tuple[str, list]]:
@@ -58,7 +59,8 @@ class DiscriminativeLearner(Learner):
         if cached is not None:
             (model, split, was), named = cached
             if model is self.model and split is self.splitter and was == ids: return named
-        self._groups = ((self.model, self.splitter, ids), named_groups(self.model, self.splitter))
+        named = named_groups(self.model, self.splitter, input_data=self._input_data)
+        self._groups = ((self.model, self.splitter, ids), named)
         return self._groups[1]
 
     @property
@@ -191,9 +193,17 @@ def _n_out(n_out, dls) -> int:
     return n_out
 
 
+def _one_batch(dls):
+    "The model inputs of one batch of `dls` (one tensor, or a tuple for several inputs); None if none comes"
+    try: b = dls.one_batch()
+    except Exception: return None
+    xs = tuple(b[:getattr(dls, 'n_inp', 1)]) if isinstance(b, (tuple, list)) else (b,)
+    return xs[0] if len(xs) == 1 else xs
+
+
 @delegates(Learner.__init__, keep=True, but=['dls', 'model', 'splitter'])
 def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | os.PathLike = False,
-                           n_out: int | None = None, normalize: bool = True, head=None,
+                           n_out: int | None = None, normalize: bool = True, head=None, input_data=None,
                            **kwargs) -> DiscriminativeLearner:
     """A fastai `Learner` for any timm, torchvision, fastai or fast_impl classifier, split into layer groups.
 
@@ -205,6 +215,8 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
             checked here, on the model, so a bad value fails now rather than at the first fit.
         head: module names or index paths that belong to the head group (trained while frozen), beside the
             layers the splitting rules find there (everything after the backbone).
+        input_data: example inputs of the forward pass that orders the groups (a tensor, a tuple of positional
+            inputs, a dict of keyword inputs); by default the inputs of one batch of `dls`.
         pretrained: `True` for the registry's weights, or a local weights file; then the model is frozen
             (all but the head group) and, with `normalize`, the arch's mean/std are added to `dls`.
         kwargs: `Learner` arguments (`metrics`, `opt_func`, `wd`, `cbs`, ...); the rest go to the arch builder
@@ -213,10 +225,11 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
     check_pretrained(pretrained)
     lkw, mkw = _split_kwargs(kwargs)
     model = _build(arch, _n_out(n_out, dls), pretrained, mkw)
-    named = named_groups(model, groups, head)  # one clear error for a bad groups= or head=, now
+    data = _one_batch(dls) if input_data is None else input_data
+    named = named_groups(model, groups, head, data)  # one clear error for a bad groups= or head=, now
     split = groups if callable(groups) else splitter(groups, head)
     if pretrained and normalize: add_norm(dls, arch_stats(model))
     learn = DiscriminativeLearner(dls, model, splitter=split, **lkw)
-    learn._groups = ((model, split, _param_ids(model)), named)  # computed once: the optimizer uses these
+    learn._groups, learn._input_data = ((model, split, _param_ids(model)), named), data  # the optimizer's
     if pretrained: learn.freeze()
     return learn
