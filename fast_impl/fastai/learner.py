@@ -7,7 +7,6 @@ __all__ = ['discriminative_learner', 'DiscriminativeLearner', 'group_labels']
 import difflib, functools, inspect, os, re, warnings
 
 import numpy as np
-import torch
 from torch import nn
 from fastcore.basics import patch
 from fastcore.meta import delegates
@@ -19,7 +18,7 @@ import fastai.callback.schedule, fastai.callback.progress  # noqa: F401  (fit_on
 from ..archs import arch_name, check_pretrained
 from ..checks import check_count, check_lrs
 from ..optim import group_rates, no_decay_params
-from ..split import named_groups, splitter
+from ..split.splitters import as_groups, named_groups, splitter
 from .data import add_norm
 from .models import arch_stats, build_model
 
@@ -141,8 +140,7 @@ def _phase_epochs(epochs, phases: int, n: int, step) -> list[int]:
 def n_groups(self: Learner) -> int:
     "Number of layer groups: the optimizer's, or the splitter's before it exists (`layer_decay(lr, learn)`)"
     if self.opt is not None: return len(self.opt.param_lists)
-    groups = list(self.splitter(self.model))
-    return 1 if groups and isinstance(groups[0], torch.Tensor) else len(groups)  # fastai: a flat list is one
+    return len(as_groups(self.splitter(self.model)))
 
 
 def group_labels(learn: Learner) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ['Splitter', 'stage_splitter', 'block_splitter', 'n_splitter', 'at_splitter', 'splitter',
-           'named_groups']
+           'named_groups', 'as_groups']
 
 from dataclasses import dataclass
 
@@ -81,6 +81,13 @@ def splitter(groups='stages', head=None) -> Splitter:
                      f"got {groups!r}")
 
 
+def as_groups(gs) -> list[list]:
+    "A splitter's result as parameter lists: fastai's one flat list is one group; dicts give their 'params'"
+    gs = list(gs)
+    if gs and isinstance(gs[0], torch.Tensor): return [gs]
+    return [list(g['params']) if isinstance(g, dict) else list(g) for g in gs]
+
+
 _HELP = ("groups takes 'stages', 'blocks', a number of groups, cut paths such as ['layer2', 'layer4'], "
          "or a splitter function")
 
@@ -105,10 +112,7 @@ def named_groups(model, groups='stages', head=None, input_data=None) -> list[tup
     try:
         if isinstance(groups, Splitter): named = groups.named(made or model, input_data)
         elif callable(groups):
-            gs = list(groups(model))
-            gs = [gs] if gs and isinstance(gs[0], torch.Tensor) else [  # fastai also takes one flat list
-                list(g['params']) if isinstance(g, dict) else list(g) for g in gs]
-            named = [(f'group {i + 1}', g) for i, g in enumerate(gs)]
+            named = [(f'group {i + 1}', g) for i, g in enumerate(as_groups(groups(model)))]
         else: named = splitter(groups, head).named(made or model, input_data)
         check_groups(model, [g for _, g in named])
     except (ValueError, KeyError, IndexError, TypeError) as e:
