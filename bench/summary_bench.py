@@ -137,7 +137,8 @@ def report(results: dict, total_s: float, repeat: int, slow_s: float, load: str)
             '(imports excluded). Peak RSS is the process peak above its peak right after the imports. '
             '`torchinfo` is `summary(model, device=cpu)` on a model built with real weights (its default); '
             '`torchinfo_meta` builds on meta and passes `device="meta"`. Mult-adds error is against '
-            '`FlopCounterMode` on meta (FLOPs / 2) plus one per bias element of every conv/linear module call.', '',
+            '`FlopCounterMode` on meta (FLOPs / 2) plus one per bias element of every conv/linear module '
+            'call.', '',
             '| model | tool | wall s (median) | each round | peak RSS MB | total mult-adds '
             '| vs flop counter |',
             '| --- | --- | ---: | ---: | ---: | ---: | ---: |']
