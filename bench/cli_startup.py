@@ -1,6 +1,7 @@
-"""Startup cost of the command line: `fast-impl summary resnet18` against `python -c "import torch, torchvision"`.
+"""Startup cost of the command line: `fast-impl summary resnet18` against importing torch and torchvision.
 
-Both run in fresh processes, alternating, N times each; the table gives the median wall time and the ratio.
+The baseline is `python -c "import torch, torchvision"`. Both run in fresh processes, alternating, N times
+each; the table gives the median wall time and the ratio.
 Target (issue 7): at most 1.3x. Results go to bench/results/cli_startup.md.
 """
 from __future__ import annotations
@@ -30,14 +31,16 @@ def main():
     for i in range(N):
         for k, cmd in CMDS.items(): times[k].append(timed(cmd))
         print(f'round {i + 1}/{N}', flush=True)
-    fastai_loaded = subprocess.run([sys.executable, '-c', CHECK], capture_output=True, text=True).stdout.split()[-1]
+    fastai_loaded = subprocess.run([sys.executable, '-c', CHECK], capture_output=True,
+                                   text=True).stdout.split()[-1]
     base = statistics.median(times[next(iter(CMDS))])
     rows = [f'| `{k}` | {statistics.median(v):.2f} | {min(v):.2f} | {statistics.median(v) / base:.2f}x |'
             for k, v in times.items()]
     md = '\n'.join([
         '# Command-line startup', '',
         f'Fresh processes, {N} alternating runs each, median and best wall time; {platform.machine()}, '
-        f'{__import__("os").cpu_count()} cores, Python {platform.python_version()}. Target: at most 1.3x the baseline.',
+        f'{__import__("os").cpu_count()} cores, Python {platform.python_version()}. '
+        'Target: at most 1.3x the baseline.',
         '', '| command | median s | best s | vs baseline |', '| --- | ---: | ---: | ---: |', *rows, '',
         f'`fast-impl summary resnet18` imports fastai: {fastai_loaded}.', ''])
     out = ROOT / 'bench' / 'results' / 'cli_startup.md'

@@ -5,7 +5,7 @@ For each model, in one process and interleaved (so the machine's load hits every
 split), and `layer_summary` (build + summary). Targets: split <= 1.2x the floor, summary <= 1.3x. Writes
 bench/results/floor.md.
 
-    python bench/floor.py                      # the models of bench/summary_bench.py plus two torchvision ones
+    python bench/floor.py      # the models of bench/summary_bench.py plus two torchvision ones
     python bench/floor.py --models resnet50 --repeats 3 --out /tmp/floor.md
 """
 from __future__ import annotations
@@ -63,7 +63,8 @@ def measure(name: str, repeats: int) -> dict[str, float]:
 
 
 def table(rows: dict[str, dict[str, float]]) -> list[str]:
-    out = ['| model | floor (s) | split (s) | split / floor | summary (s) | summary / floor |', '|---|---|---|---|---|---|']
+    out = ['| model | floor (s) | split (s) | split / floor | summary (s) | summary / floor |',
+           '|---|---|---|---|---|---|']
     for name, t in rows.items():
         out.append(f"| {name} | {t['floor']:.3f} | {t['split']:.3f} | {t['split'] / t['floor']:.2f} | "
                    f"{t['summary']:.3f} | {t['summary'] / t['floor']:.2f} |")
@@ -79,8 +80,8 @@ def verdict(rows: dict[str, dict[str, float]]) -> list[str]:
         ok = 'within' if rows[worst][job] / rows[worst]['floor'] <= target else 'over'
         out.append(f"- {job}: worst {rows[worst][job] / rows[worst]['floor']:.2f}x ({worst}), all models "
                    f"together {total:.2f}x; target <= {target}x: {ok} on every model" if ok == 'within' else
-                   f"- {job}: worst {rows[worst][job] / rows[worst]['floor']:.2f}x ({worst}), all models together "
-                   f"{total:.2f}x; target <= {target}x: over on {worst}")
+                   f"- {job}: worst {rows[worst][job] / rows[worst]['floor']:.2f}x ({worst}), "
+                   f"all models together {total:.2f}x; target <= {target}x: over on {worst}")
     return out
 
 
@@ -99,8 +100,8 @@ def main():
     text = ['# Splitting and summarising against the floor', '',
             f'Medians of {a.repeats} interleaved runs in one process, one torch thread, input {list(SIZE)}, '
             f'torch {torch.__version__}, {platform.processor() or platform.machine()}. The floor is building '
-            f'the model on meta plus one bare meta forward pass; split is `split_stages` of a fresh meta build, '
-            f'summary `layer_summary(depth=3)` of one.', '', *table(rows), '', *verdict(rows), '']
+            f'the model on meta plus one bare meta forward pass; split is `split_stages` of a fresh meta '
+            f'build, summary `layer_summary(depth=3)` of one.', '', *table(rows), '', *verdict(rows), '']
     pathlib.Path(a.out).write_text('\n'.join(text))
     print('\n'.join(text))
 

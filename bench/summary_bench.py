@@ -65,8 +65,9 @@ def _run_tool(tool: str, name: str) -> tuple[int, int]:
 
 
 def worker(tool: str, name: str) -> dict:
-    "Run one measurement in this (fresh) process; imports are done before the clock and the RSS baseline start"
-    import timm, torch, torchvision, torchinfo, fast_impl.summary  # noqa: F401  (the same imports for every tool)
+    "Run one measurement in this (fresh) process"
+    # imports are done before the clock and the RSS baseline start (the same imports for every tool)
+    import timm, torch, torchvision, torchinfo, fast_impl.summary  # noqa: F401
     torch.set_num_threads(os.cpu_count() or 1)
     base = _peak_mb()
     t = time.perf_counter()
@@ -86,7 +87,8 @@ def measure(tool: str, name: str) -> dict:
 def _machine() -> str:
     import torch, torchinfo, timm, torchvision
     cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
-    mem = next((int(l.split()[1]) // 1024 ** 2 for l in open('/proc/meminfo') if l.startswith('MemTotal')), '?')
+    mem = next((int(l.split()[1]) // 1024 ** 2 for l in open('/proc/meminfo') if l.startswith('MemTotal')),
+               '?')
     return (f'{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), {mem} GB RAM; Python '
             f'{platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, '
             f'timm {timm.__version__}, torchinfo {torchinfo.__version__}')
@@ -103,7 +105,8 @@ def _model_rows(name: str, res: dict) -> list[str]:
         if 'error' in r: rows.append(f"| {name} | {tool} | error: {r['error'][:80]} | | | | |"); continue
         err = f"{(r['macs'] - ref) / ref:+.2%}" if ref else '?'
         walls = ' '.join(f'{w:.2f}' for w in r['walls'])
-        rows.append(f"| {name} | {tool} | {r['wall_s']:.2f} | {walls} | {r['rss_mb']:.0f} | {_g(r['macs'])} | {err} |")
+        rows.append(f"| {name} | {tool} | {r['wall_s']:.2f} | {walls} | {r['rss_mb']:.0f} | "
+                    f"{_g(r['macs'])} | {err} |")
     return rows
 
 
@@ -124,25 +127,29 @@ def _ratio_row(name: str, res: dict) -> str:
 def report(results: dict, total_s: float, repeat: int, slow_s: float, load: str) -> str:
     "The markdown results file"
     head = ['# layer_summary vs torchinfo', '',
-            f'Measured {time.strftime("%Y-%m-%d %H:%M")} in one run of `bench/summary_bench.py` ({total_s:.0f} s).',
-            f'Machine: {_machine()}. Other processes (other engineers\' test runs) may have been running at the '
-            f'same time (1-minute load average {load}), so wall times are indicative. Each cell is the median '
-            f'of {repeat} runs, each in a fresh process, rounds interleaved (cells slower than {slow_s:.0f} s: '
-            'one run).', '',
-            'Input (1, 3, 224, 224), depth 3. Wall time covers building the model and summarising it (imports '
-            'excluded). Peak RSS is the process peak above its peak right after the imports. `torchinfo` is '
-            '`summary(model, device=cpu)` on a model built with real weights (its default); `torchinfo_meta` builds '
-            'on meta and passes `device="meta"`. Mult-adds error is against `FlopCounterMode` on meta (FLOPs / 2) '
-            'plus one per bias element of every conv/linear module call.', '',
-            '| model | tool | wall s (median) | each round | peak RSS MB | total mult-adds | vs flop counter |',
+            f'Measured {time.strftime("%Y-%m-%d %H:%M")} in one run of `bench/summary_bench.py` '
+            f'({total_s:.0f} s).',
+            f'Machine: {_machine()}. Other processes (other engineers\' test runs) may have been running at '
+            f'the same time (1-minute load average {load}), so wall times are indicative. Each cell is the '
+            f'median of {repeat} runs, each in a fresh process, rounds interleaved (cells slower than '
+            f'{slow_s:.0f} s: one run).', '',
+            'Input (1, 3, 224, 224), depth 3. Wall time covers building the model and summarising it '
+            '(imports excluded). Peak RSS is the process peak above its peak right after the imports. '
+            '`torchinfo` is `summary(model, device=cpu)` on a model built with real weights (its default); '
+            '`torchinfo_meta` builds on meta and passes `device="meta"`. Mult-adds error is against '
+            '`FlopCounterMode` on meta (FLOPs / 2) plus one per bias element of every conv/linear module '
+            'call.', '',
+            '| model | tool | wall s (median) | each round | peak RSS MB | total mult-adds '
+            '| vs flop counter |',
             '| --- | --- | ---: | ---: | ---: | ---: | ---: |']
     rows = [r for name, res in results.items() for r in _model_rows(name, res)]
     ratios = ['', '## Ratios (torchinfo / layer_summary)', '',
-              'Time ratios are the median over rounds of the ratio within a round (the runs of a round ran back to '
-              'back, under about the same load; a single torchinfo run is paired with round 1). Memory: median '
-              'peak RSS above baseline.', '',
-              'Targets: on models of 80M+ parameters at least 10x faster and 10x less memory than torchinfo\'s '
-              'default; no slower than torchinfo on meta; total mult-adds within 0.5% of the flop counter.', '',
+              'Time ratios are the median over rounds of the ratio within a round (the runs of a round ran '
+              'back to back, under about the same load; a single torchinfo run is paired with round 1). '
+              'Memory: median peak RSS above baseline.', '',
+              'Targets: on models of 80M+ parameters at least 10x faster and 10x less memory than '
+              'torchinfo\'s default; no slower than torchinfo on meta; total mult-adds within 0.5% of the '
+              'flop counter.', '',
               '| model | params | time vs torchinfo | memory vs torchinfo | time vs torchinfo meta '
               '| mult-adds within 0.5% |',
               '| --- | ---: | ---: | ---: | ---: | --- |', *(_ratio_row(n, r) for n, r in results.items())]

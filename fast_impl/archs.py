@@ -1,4 +1,6 @@
-"Turn an arch (module, builder, or registry name) into an `nn.Module`, on the meta device unless told otherwise."
+"""Turn an arch (module, builder, or registry name) into an `nn.Module`.
+
+Built on the meta device unless told otherwise."""
 from __future__ import annotations
 
 __all__ = ['resolve', 'arch_name', 'UnknownArchError', 'WeightsUnavailableError', 'register_source',
@@ -26,7 +28,8 @@ class WeightsUnavailableError(OSError):
 
 
 def register_source(prefix: str):
-    "Decorator: register `f(name) -> builder | None` as the lookup for names written `prefix:name` (a taken prefix is an error)"
+    "Decorator: register `f(name) -> builder | None` as the lookup for names written `prefix:name`"
+    # a taken prefix is an error
     return SOURCES.register(prefix)
 
 
@@ -105,7 +108,8 @@ def _fastai_builder(name: str):
 
 def known_names(prefix: str | None = None) -> list[str]:
     "Every arch name the registries know (for `prefix` only, when given), as `prefix:name`"
-    lists = {'fast_impl': lambda: [n for n in __import__('fast_impl.models', fromlist=['x']).__all__ if _fast_impl_builder(n)],
+    lists = {'fast_impl': lambda: [n for n in __import__('fast_impl.models', fromlist=['x']).__all__
+                                   if _fast_impl_builder(n)],
              'timm': lambda: _timm().list_models(),
              'torchvision': lambda: __import__('torchvision').models.list_models(),
              'fastai': _xresnet_names}
@@ -113,10 +117,12 @@ def known_names(prefix: str | None = None) -> list[str]:
 
 
 def _lookup(name: str) -> Callable:
-    "The builder for a registry `name`, written `prefix:name` or bare (fast_impl, timm, torchvision, fastai, in turn)"
+    "The builder for a registry `name`, written `prefix:name` or bare"
+    # a bare name is looked up in fast_impl, timm, torchvision, fastai, in turn
     prefix, _, bare = name.rpartition(':')
     if prefix and prefix not in SOURCES:
-        raise UnknownArchError(f"unknown arch source {prefix!r} in {name!r}; valid prefixes: {', '.join(SOURCES)}")
+        raise UnknownArchError(f"unknown arch source {prefix!r} in {name!r}; "
+                               f"valid prefixes: {', '.join(SOURCES)}")
     for p in ([prefix] if prefix else list(SOURCES)):
         builder = SOURCES[p](bare)
         if builder is not None: return builder
@@ -147,7 +153,8 @@ def on_meta(model: nn.Module) -> bool:
 def _call(builder: Callable, kwargs: dict, pretrained) -> nn.Module:
     if pretrained is True:
         if 'pretrained' not in _params(builder) and not _takes_kwargs(builder):
-            raise ValueError(f"{arch_name(builder)} has no `pretrained` option; pass a weights file path instead")
+            raise ValueError(f"{arch_name(builder)} has no `pretrained` option; "
+                             "pass a weights file path instead")
         kwargs = {**kwargs, 'pretrained': True}
     m = builder(**kwargs)
     if not isinstance(m, nn.Module):
@@ -174,7 +181,8 @@ def resolve(arch, device: str | torch.device | None = 'meta', pretrained: bool |
 
     Args:
         arch: an `nn.Module` (returned as is), a builder or class, or a registry name: `'convnext_tiny'`,
-            `'timm:convnext_tiny'`, `'torchvision:vit_b_16'`, `'fastai:xresnet18'`, `'fast_impl:Plain18Layer'`.
+            `'timm:convnext_tiny'`, `'torchvision:vit_b_16'`, `'fastai:xresnet18'`,
+            `'fast_impl:Plain18Layer'`.
         device: where to build a name or builder; `'meta'` holds no weights. If the builder cannot run on
             meta it is built on the CPU instead, with a warning saying so.
         pretrained: `True` for the registry's own weights (built on the CPU; with no network a
@@ -185,8 +193,9 @@ def resolve(arch, device: str | torch.device | None = 'meta', pretrained: bool |
     if isinstance(arch, nn.Module):
         if kwargs: raise TypeError(f"builder arguments {sorted(kwargs)} given with an already built module")
         if pretrained is True:
-            raise ValueError(f"{type(arch).__name__} is already built and holds its weights: for the registry's "
-                             f"pretrained weights pass its name (e.g. 'resnet50'), or pass a weights file path")
+            raise ValueError(f"{type(arch).__name__} is already built and holds its weights: for the "
+                             f"registry's pretrained weights pass its name (e.g. 'resnet50'), or pass a "
+                             f"weights file path")
         if pretrained not in (False, None): load_weights(arch, pretrained)
         return arch
     if isinstance(arch, str): builder = _lookup(arch.strip())
@@ -271,7 +280,8 @@ def _hf_hub():
 
 
 def read_weights(path) -> dict:
-    "The state dict in weights file `path` (also inside a checkpoint's 'model'/'state_dict'), without DDP/compile prefixes"
+    "The state dict in weights file `path`, without DDP/compile prefixes"
+    # also a state dict inside a checkpoint's 'model'/'state_dict'
     import re
     sd = _load_file(path)
     for k in ('model', 'state_dict', 'model_state_dict'):
@@ -298,7 +308,8 @@ def _load_file(path):
 
 
 def load_weights(model: nn.Module, path) -> nn.Module:
-    "Load a local weights file (a state dict, or a checkpoint holding one under 'model'/'state_dict') into `model`"
+    "Load a local weights file (a state dict, or a checkpoint holding one) into `model`"
+    # a checkpoint holds its state dict under 'model'/'state_dict'
     sd, own = read_weights(path), model.state_dict()
     skip = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]  # e.g. a head for other classes
     missing, unexpected = model.load_state_dict({k: v for k, v in sd.items() if k not in skip}, strict=False)

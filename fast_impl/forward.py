@@ -1,5 +1,7 @@
-"""The forward-pass engine: ONE recorded pass of a model (on meta by default) gives every consumer what it needs:
-mult-adds per module, input/output shapes, depth, parameters by first use, norm links and feature-map sizes."""
+"""The forward-pass engine: ONE recorded pass of a model (on meta by default) for every consumer.
+
+It gives what each needs: mult-adds per module, input/output shapes, depth, parameters by first use, norm
+links and feature-map sizes."""
 # Collect only: `summary` computes and renders from a `Recording`; `split` cuts models from its `Trace`.
 from __future__ import annotations
 
@@ -61,8 +63,10 @@ class Call:
 class Trace:
     "The order of the pass: parameters by first use, where the head starts, norms' layers, feature-map sizes"
     order: list[str]  # parameter names by first use (unused ones left out)
-    head_from: int | None  # position in `order` of the first parameter used after the last op on a feature map
-    norm_of: dict[str, str] = field(default_factory=dict)  # norm module -> the conv/linear whose output it takes
+    # position in `order` of the first parameter used after the last op on a feature map
+    head_from: int | None
+    # norm module -> the conv/linear whose output it takes
+    norm_of: dict[str, str] = field(default_factory=dict)
     size: dict[str, tuple[int, ...]] = field(default_factory=dict)  # layer on a map -> its output's positions
 
     @cached_property
@@ -117,14 +121,16 @@ class _OpCounter(TorchDispatchMode):
 
     def __init__(self, stack: list, params: set | None = None):
         super().__init__()
-        self.stack, self.macs, self.counted, self.params, self.weight_ops = stack, defaultdict(int), 0, params, 0
+        self.stack, self.macs, self.counted = stack, defaultdict(int), 0
+        self.params, self.weight_ops = params, 0
         self.depth = WeakTensorKeyDictionary() if params is not None else None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         pkt = func._overloadpacket
         formula = flop_registry.get(pkt) or _EXTRA.get(pkt)
-        if formula is None and func not in self._whole:  # as FlopCounterMode: count what a composite decomposes to
+        # as FlopCounterMode: count what a composite decomposes to
+        if formula is None and func not in self._whole:
             before = self.counted
             with self: out = func.decompose(*args, **kwargs)
             if out is NotImplemented or self.counted == before: self._whole.add(func)
@@ -266,7 +272,8 @@ def record(model: nn.Module, inputs: tuple[tuple, dict], count: bool = True, str
     device = str(next((t.device for t in tree_leaves(inputs) if isinstance(t, torch.Tensor)), 'cpu'))
     with ExitStack() as stack:
         hooks.attach(model, stack)
-        for ctx in (eval_mode(model), torch.no_grad(), _no_fast_paths(), first, counter, _quiet() if order else None):
+        for ctx in (eval_mode(model), torch.no_grad(), _no_fast_paths(), first, counter,
+                    _quiet() if order else None):
             if ctx is not None: stack.enter_context(ctx)
         try: out = model(*args, **kwargs)
         except Exception as e: raise _forward_error(e, model, hooks.stack[-1], device) from e
@@ -274,7 +281,8 @@ def record(model: nn.Module, inputs: tuple[tuple, dict], count: bool = True, str
     if order:
         ranked = [named[i] for i in sorted(first.seen, key=first.seen.get)]
         tr = Trace(ranked, first.mark, _adjacent(hooks.links.norm_of, ranked), hooks.links.size)
-    macs, depth, ops = (dict(counter.macs), counter.longest(out), counter.weight_ops) if counter else ({}, 0, 0)
+    macs, depth, ops = ((dict(counter.macs), counter.longest(out), counter.weight_ops) if counter
+                        else ({}, 0, 0))
     return Recording(model, device, _shapes(inputs), _shapes(out), hooks.calls, macs, depth, ops, tr)
 
 
@@ -296,7 +304,8 @@ def _forward_error(e: Exception, model: nn.Module, where: nn.Module, device) -> 
     name = next((n for n, m in model.named_modules() if m is where), '')
     at = f"module '{name}' ({type(where).__name__})" if name else f'the root module ({type(where).__name__})'
     why = str(e).splitlines()[0] if str(e).strip() else '(no message: an assert on the input, its size maybe)'
-    return ForwardError(f"forward pass on {device} failed in {at}: {type(e).__name__}: {why}", name, str(device))
+    return ForwardError(f"forward pass on {device} failed in {at}: {type(e).__name__}: {why}", name,
+                        str(device))
 
 # ---------------------------------------------------------------- entry points
 
@@ -304,11 +313,12 @@ def _forward_error(e: Exception, model: nn.Module, where: nn.Module, device) -> 
 def _meta_only(e: BaseException | None) -> bool:
     "True when error `e` comes from the meta device (data-dependent ops), so a CPU pass may succeed"
     msg = str(e).lower()
-    return isinstance(e, NotImplementedError) or any(s in msg for s in ('meta', 'data-dependent', 'data dependent'))
+    return (isinstance(e, NotImplementedError)
+            or any(s in msg for s in ('meta', 'data-dependent', 'data dependent')))
 
 
-def run(arch, input_size=None, input_data=None, device='meta', dtype=torch.float32, kwargs: dict | None = None,
-        structure: bool = False, order: bool = False) -> Recording:
+def run(arch, input_size=None, input_data=None, device='meta', dtype=torch.float32,
+        kwargs: dict | None = None, structure: bool = False, order: bool = False) -> Recording:
     """One counted pass of `arch` on `device` (input: `input_data`, else `input_size`, else the size the arch
     is made for); on meta, falls back to the CPU when the model needs real data"""
     dev, dtype, kwargs = check_device(device), check_dtype(dtype), kwargs or {}
@@ -317,27 +327,29 @@ def run(arch, input_size=None, input_data=None, device='meta', dtype=torch.float
     given = input_size is not None or input_data is not None
     first = None
     for size in [input_size] if given else input_sizes(model, arch, kwargs):  # the first size that runs
-        try: return record(model, example_inputs(size, input_data, dev, dtype), structure=structure, order=order)
+        try: return record(model, example_inputs(size, input_data, dev, dtype), structure=structure,
+                           order=order)
         except ForwardError as e:
             if dev.type == 'meta' and _meta_only(e.__cause__):
                 first = e
                 break
             first = first or e
     else: raise _size_hint(first, model, arch, input_size, input_data)
-    warnings.warn(f"{arch_name(arch)} cannot run on the meta device ({first}); ran on the CPU with real weights",
-                  stacklevel=3)
+    warnings.warn(f"{arch_name(arch)} cannot run on the meta device ({first}); "
+                  "ran on the CPU with real weights", stacklevel=3)
     cpu = torch.device('cpu')
     return record(cpu_model(arch, kwargs), example_inputs(size, input_data, cpu, dtype), structure=structure,
                   order=order)
 
 
 def _size_hint(e: ForwardError, model: nn.Module, arch, input_size, input_data) -> ForwardError:
-    "`e`, its message ending with the input the model is made for (given size) or the sizes to try (none given)"
+    "`e`, its message ending with the input the model is made for or the sizes to try"
+    # the input the model is made for when a size was given, the sizes to try when none was
     if input_data is not None: return e
     native = native_input_size(model, arch)
     if input_size is None:
-        e.args = (f"{e.args[0]}; give the input: input_size= (for example {list(input_sizes(model, arch)[0])}) "
-                  f"or input_data=",)
+        e.args = (f"{e.args[0]}; give the input: input_size= "
+                  f"(for example {list(input_sizes(model, arch)[0])}) or input_data=",)
     elif native is not None and tuple(input_size) != native:
         e.args = (f"{e.args[0]} (the input was {list(input_size)}; {arch_name(arch)} is made for "
                   f"{list(native)})",)
@@ -353,13 +365,15 @@ def trace(model: nn.Module, input_size=None, input_data=None) -> Trace | None:
     # the shortcuts are exact on the ops they take; if every size fails, retry without them
     for fast in (True, False):
         for size in ([None] if input_data is not None else sizes):
-            try: return record(m, example_inputs(size, input_data, meta, batch=2), False, order=True, fast=fast).trace
+            try: return record(m, example_inputs(size, input_data, meta, batch=2), False, order=True,
+                               fast=fast).trace
             except ForwardError: continue
     return None
 
 
 def first_use_order(model: nn.Module, input_size=None, input_data=None) -> list[str]:
-    "Dotted names of the parameters of `model` in the order an eval forward pass (where it is) first uses them"
+    "Dotted names of the parameters of `model` in the order an eval forward pass first uses them"
+    # the pass runs where `model` is
     model = unwrap(resolve(model))
     dev = next(iter(model.parameters()), torch.empty(0, device='meta')).device
     sizes = input_sizes(model) if input_size is None and input_data is None else [input_size]

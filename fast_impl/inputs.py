@@ -1,4 +1,6 @@
-"Example inputs for the forward pass: one input-size guess, `input_data` moved where the model is, meta copies."
+"""Example inputs for the forward pass.
+
+One input-size guess, `input_data` moved where the model is, meta copies."""
 from __future__ import annotations
 
 __all__ = ['native_input_size', 'input_sizes', 'check_size', 'check_dtype', 'check_input_data', 'example_inputs',
@@ -53,7 +55,8 @@ def _torchvision_crop(arch):
     if isinstance(arch, nn.Module): arch = _torchvision_builder_of(type(arch))
     if isinstance(arch, str):
         name = arch.strip().rpartition(':')[2].lower()
-        if arch.startswith(('timm:', 'fastai:', 'fast_impl:')) or name not in torchvision.models.list_models():
+        if (arch.startswith(('timm:', 'fastai:', 'fast_impl:'))
+                or name not in torchvision.models.list_models()):
             return None
         arch = name
     if arch is None or not (isinstance(arch, str) or callable(arch)): return None
@@ -83,9 +86,11 @@ def _first_layer(model: nn.Module) -> nn.Module | None:
 
 
 def input_sizes(model: nn.Module, arch=None, kwargs: dict | None = None) -> list[tuple[int, ...]]:
-    """Input sizes to try, best first: the builder's `img_size`, the size the arch is made for, an RGB image of
-    224 (for image models), then sizes fitted to its first layer (its channels and rank: 224, 32, 28 pixels;
-    a video conv gets 16 frames)"""
+    """Input sizes to try, best first.
+
+    The builder's `img_size`, the size the arch is made for, an RGB image of 224 (for image models), then
+    sizes fitted to its first layer (its channels and rank: 224, 32, 28 pixels; a video conv gets 16
+    frames)"""
     side = next((v for k, v in (kwargs or {}).items() if k in ('img_size', 'image_size')), None)
     first, sizes = _first_layer(model), []
     if isinstance(side, int): sizes.append((1, 3, side, side))
@@ -96,7 +101,8 @@ def input_sizes(model: nn.Module, arch=None, kwargs: dict | None = None) -> list
     if dims == 2 and not isinstance(first, nn.Linear): sizes.append((1, 3, 224, 224))
     if isinstance(first, nn.modules.conv._ConvNd):
         sides = (224, 32, 28) if dims == 2 else (112, 32) if dims == 3 else (224,)
-        sizes += [(1, first.in_channels, *(((16,) if dims == 3 else ()) + (s,) * min(dims, 2))) for s in sides]
+        sizes += [(1, first.in_channels, *(((16,) if dims == 3 else ()) + (s,) * min(dims, 2)))
+                  for s in sides]
     elif isinstance(first, nn.Linear): sizes.append((1, first.in_features))
     return list(dict.fromkeys(sizes or [(1, 3, 224, 224)]))
 
@@ -111,9 +117,10 @@ def _is_shape(s) -> bool:
 def check_size(size) -> list[tuple[int, ...]]:
     "`size` as a list of shapes: one shape of positive ints, or a list of shapes for several inputs"
     if _is_shape(size): return [tuple(size)]
-    if isinstance(size, (list, tuple)) and size and all(_is_shape(s) for s in size): return [tuple(s) for s in size]
-    raise TypeError(f"input_size must be a shape of positive ints such as (1, 3, 224, 224), or a list of shapes "
-                    f"for a model with several inputs; got {size!r}")
+    if isinstance(size, (list, tuple)) and size and all(_is_shape(s) for s in size):
+        return [tuple(s) for s in size]
+    raise TypeError(f"input_size must be a shape of positive ints such as (1, 3, 224, 224), or a list of "
+                    f"shapes for a model with several inputs; got {size!r}")
 
 
 def check_dtype(dtype) -> torch.dtype:
@@ -169,7 +176,8 @@ def _tensors(model: nn.Module) -> list[torch.Tensor]:
 
 def _is_on(model: nn.Module, device: torch.device) -> bool:
     "True when every tensor of `model` is on `device` (a module without tensors is anywhere)"
-    return all(t.device.type == device.type and device.index in (None, t.device.index) for t in _tensors(model))
+    return all(t.device.type == device.type and device.index in (None, t.device.index)
+               for t in _tensors(model))
 
 
 def meta_model(model: nn.Module) -> nn.Module:
@@ -178,7 +186,8 @@ def meta_model(model: nn.Module) -> nn.Module:
 
 
 def model_on(arch, device: torch.device, kwargs: dict) -> nn.Module:
-    "`arch` as a module on `device`: a given module is used where it is on `device`, else copied (never changed)"
+    "`arch` as a module on `device`"
+    # a given module is used where it is on `device`, else copied (never changed)
     if isinstance(arch, nn.Module):
         model = unwrap(resolve(arch, **kwargs))
         return model if _is_on(model, device) else copy_to(model, device)

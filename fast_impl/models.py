@@ -19,7 +19,8 @@ def _convs(ni: int, widths: list[int]) -> list[nn.Module]:
 
 
 class _PlainNet(nn.Sequential):
-    "A plain (residual-free) conv net: a Sequential, so parameter names are those of seed 000 (`0.weight`, ...)"
+    "A plain (residual-free) conv net: a Sequential, so parameter names are those of seed 000"
+    # seed 000's names: `0.weight`, ...
     stages: list[list[int]] = []
 
     def __init__(self, n_out: int | None = None):
@@ -44,7 +45,8 @@ class Plain18Layer(_PlainNet):
 
 
 class Plain28Layer(_PlainNet):
-    "Seed 000's deeper net at the same budget: stage 4 stays at 32 channels, stage 5 starts with 4 more 32-convs"
+    "Seed 000's deeper net at the same budget"
+    # stage 4 stays at 32 channels, stage 5 starts with 4 more 32-convs
     stages = [[16] * 4, [32] * 4, [32] * 14, [32] * 4 + [128] * 4]
 
 
@@ -85,7 +87,8 @@ class NewInception(_Branches):
         ni, nf = in_channels, out_channels
         self.branch1 = nn.Conv2d(ni, nf, kernel_size=1, stride=1, padding=0)
         self.branch2 = nn.Sequential(*_conv_relu(ni, nf, 1, 0), *_conv_relu(nf, nf, 3, 1))
-        self.branch3 = nn.Sequential(*_conv_relu(ni, nf, 1, 0), *_conv_relu(nf, nf, 3, 1), *_conv_relu(nf, nf, 3, 1))
+        self.branch3 = nn.Sequential(*_conv_relu(ni, nf, 1, 0), *_conv_relu(nf, nf, 3, 1),
+                                     *_conv_relu(nf, nf, 3, 1))
 
 
 class AsymInception(_Branches):
@@ -100,7 +103,8 @@ class AsymInception(_Branches):
 
 
 class InceptionModule(_Branches):
-    "Seed 003: GoogLeNet's 4-branch module (1x1 | 1x1-3x3 | 1x1-5x5 | maxpool-1x1); one ReLU shared by all branches"
+    "Seed 003: GoogLeNet's 4-branch module (1x1 | 1x1-3x3 | 1x1-5x5 | maxpool-1x1)"
+    # one ReLU shared by all branches
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         ni, nf, relu = in_channels, out_channels, nn.ReLU()
@@ -144,7 +148,8 @@ class ResBlk(nn.Module):
         self.bn2 = nn.BatchNorm2d(ch_out)
         self.extra = nn.Sequential()
         if ch_out != ch_in:
-            self.extra = nn.Sequential(nn.Conv2d(ch_in, ch_out, kernel_size=1, stride=1), nn.BatchNorm2d(ch_out))
+            self.extra = nn.Sequential(nn.Conv2d(ch_in, ch_out, kernel_size=1, stride=1),
+                                       nn.BatchNorm2d(ch_out))
 
     def forward(self, x):
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
@@ -170,7 +175,8 @@ VGG_CFGS = {  # channels per conv, 'M' a 2x2 max-pool (Simonyan & Zisserman, tab
     'vgg11': [64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'],
     'vgg13': [64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'],
     'vgg16': [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'],
-    'vgg19': [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M'],
+    'vgg19': [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M',
+              512, 512, 512, 512, 'M'],
 }
 
 

@@ -16,7 +16,8 @@ class Registry(dict):
         "Decorator: enter `f` under `name` (default `f.__name__`); a name already taken is an error"
         def _inner(f):
             key = name or f.__name__
-            if key in self: raise ValueError(f"{self.what} {key!r} is already registered; choose another name")
+            if key in self:
+                raise ValueError(f"{self.what} {key!r} is already registered; choose another name")
             self[key] = f
             return f
         return _inner

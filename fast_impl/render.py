@@ -1,4 +1,6 @@
-"Renderers shared by every summary: the `Report` base (text, HTML, DataFrame, markdown, CSV) and table helpers."
+"""Renderers shared by every summary: the `Report` base and table helpers.
+
+`Report` gives text, HTML, DataFrame, markdown and CSV."""
 from __future__ import annotations
 
 __all__ = ['Report', 'pretty_table', 'md_table', 'fmt_int', 'fmt_shape', 'fmt_shapes', 'html_table']
@@ -45,7 +47,8 @@ def md_table(df) -> str:
     return '\n'.join([f'| {" | ".join(cols)} |', f'| {align} |', *(f'| {r} |' for r in rows)])
 
 
-def html_table(headers: Sequence[str], rows: Sequence[Sequence], caption: str = '', indent: Sequence[int] = ()) -> str:
+def html_table(headers: Sequence[str], rows: Sequence[Sequence], caption: str = '',
+               indent: Sequence[int] = ()) -> str:
     "A plain HTML table; `indent[i]` pads the first cell of row i (tree depth)"
     esc = lambda v: html.escape(str(v))
     head = ''.join(f'<th style="text-align:left">{esc(h)}</th>' for h in headers)
@@ -60,7 +63,8 @@ def html_table(headers: Sequence[str], rows: Sequence[Sequence], caption: str = 
 
 
 def _numeric(v) -> bool:
-    return isinstance(v, (int, float)) or (isinstance(v, str) and v.replace(',', '').replace('.', '').replace('%', '').lstrip('-').isdigit())
+    if isinstance(v, (int, float)): return True
+    return isinstance(v, str) and v.replace(',', '').replace('.', '').replace('%', '').lstrip('-').isdigit()
 
 
 class Report:

@@ -34,7 +34,8 @@ class Node:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    "`model` without DistributedDataParallel/DataParallel (`.module`) or `torch.compile` (`._orig_mod`) wrappers"
+    "`model` without its DistributedDataParallel/DataParallel or `torch.compile` wrappers"
+    # those wrap it as `.module` and `._orig_mod`
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)): model = model.module
         elif hasattr(model, '_orig_mod') and isinstance(model._orig_mod, nn.Module): model = model._orig_mod
@@ -42,7 +43,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def walk(model: nn.Module, depth: int | None = None, path: tuple = (), name: str = '') -> Iterator[Node]:
-    "Yield `Node`s depth-first in definition order, root first, down to `depth` (shared modules at every place)"
+    "Yield `Node`s depth-first in definition order, root first, down to `depth`"
+    # a shared module is yielded at every place it appears
     yield Node(path, name, model)
     if depth is not None and len(path) >= depth: return
     for i, (n, child) in enumerate(model.named_children()):
@@ -142,12 +144,13 @@ def eval_mode(model: nn.Module):
 
 
 def copy_to(model: nn.Module, device) -> nn.Module:
-    "A deep copy of `model` on `device`, tied weights kept tied; each tensor goes straight to `device` (no CPU copy)"
+    "A deep copy of `model` on `device`, tied weights kept tied"
+    # each tensor goes straight to `device` (no CPU copy)
     memo = {}
     for t in [*model.parameters(), *model.buffers()]:
         moved = t.detach().to(device)
         memo[id(t)] = nn.Parameter(moved, t.requires_grad) if isinstance(t, nn.Parameter) else moved
     try: return copy.deepcopy(model, memo)
     except Exception as e:
-        raise TypeError(f"cannot copy {type(model).__name__} to {device} ({type(e).__name__}: {e}); pass its builder "
-                        f"or name instead, or a model already on {device}") from e
+        raise TypeError(f"cannot copy {type(model).__name__} to {device} ({type(e).__name__}: {e}); "
+                        f"pass its builder or name instead, or a model already on {device}") from e

@@ -27,7 +27,8 @@ def golden(request):
         path = GOLDEN / f'{name}.txt'
         text = text.rstrip('\n') + '\n'
         if regen or not path.exists():
-            if not regen: pytest.fail(f'golden file {path} is missing; run pytest --regen-golden to create it')
+            if not regen:
+                pytest.fail(f'golden file {path} is missing; run pytest --regen-golden to create it')
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             return

@@ -71,8 +71,8 @@ CLI = [
     (['train', 'fast_impl:ResNet18', '--groups', 'stage'], '--groups must be stages, blocks or a number'),
     (['train', 'fast_impl:ResNet18', '--groups', '0'], "got '0'"),
     (['train', 'fast_impl:ResNet18', '--lr', '1e-4:1e-3', '--decay', '0.5'], 'give either --lr LO:HI or'),
-    (['train', 'fast_impl:ResNet18', '--device', 'gpu'], "device must be a torch device such as 'cpu', 'cuda' or "
-     "'cuda:1'; got 'gpu'"),
+    (['train', 'fast_impl:ResNet18', '--device', 'gpu'],
+     "device must be a torch device such as 'cpu', 'cuda' or 'cuda:1'; got 'gpu'"),
     (['train', 'fast_impl:ResNet18', '--device', 'meta'], "device 'meta' holds no data"),
     (['train', 'fast_impl:ResNet18', '--opt', 'rmsprop'], "invalid choice: 'rmsprop'"),
     (['train', 'fast_impl:ResNet18', '--pretrained', '--weights', 'x.pth'], 'give either --pretrained or'),
@@ -130,22 +130,23 @@ def _dls():
     return synth_dls()
 
 
+def learner_kw(**kw):
+    "A case's call: `discriminative_learner(dls, Toy, **kw)` on the `dls` its setup gave"
+    from fast_impl.fastai import discriminative_learner
+    from test_learner import Toy
+    return lambda d: discriminative_learner(d, Toy, **kw)
+
+
 def _api():
     "(id, setup, call, error type, message piece): `call(setup())` must raise, leaving what setup gave as is"
-    from fast_impl import (arch_summary, compare_archs, count_parameters, digits_dls, get_module, layer_decay,
-                           layer_summary, resolve)
-    from fast_impl.archs import UnknownArchError
-    from fast_impl.images import digits_images
-    from fast_impl.app.train import train_archs
-    from fast_impl.lr import check_lrs
-    from fast_impl.archs import load_weights
-    from fast_impl.summary import ForwardError
+    return _arch_cases() + _summary_cases() + _data_cases() + _fit_cases()
+
+
+def _arch_cases():
+    "Bad input to `resolve`, `load_weights`, `get_module`, `arch_summary` and `count_parameters`"
+    from fast_impl import arch_summary, count_parameters, get_module, resolve
+    from fast_impl.archs import UnknownArchError, load_weights
     none = lambda: None
-    nan = float('nan')
-    def learner_kw(**kw):
-        from fast_impl.fastai import discriminative_learner
-        from test_learner import Toy
-        return lambda d: discriminative_learner(d, Toy, **kw)
     return [
         ('resolve unknown', none, lambda _: resolve('resnt50'),
          UnknownArchError, 'closest known names: resnet50'),
@@ -169,6 +170,15 @@ def _api():
          KeyError, "no child named 'nope' at the root"),
         ('arch_summary index', _toy, lambda m: arch_summary(m, [99]), IndexError, 'index 99 is out of range'),
         ('count_parameters', none, lambda _: count_parameters(3.5), TypeError, 'arch must be an nn.Module'),
+    ]
+
+
+def _summary_cases():
+    "Bad input to `layer_summary` and `compare_archs` (and a learner's `n_out`)"
+    from fast_impl import compare_archs, layer_summary
+    from fast_impl.summary import ForwardError
+    none = lambda: None
+    return [
         ('layers size', _toy, lambda m: layer_summary(m, input_size=(1, 3, 0, 32)),
          TypeError, 'input_size must be'),
         ('layers channels', _toy, lambda m: layer_summary(m, input_size=(1, 4, 8, 8)),
@@ -184,6 +194,17 @@ def _api():
         ('n_out=0', _dls, learner_kw(n_out=0), ValueError, 'n_out must be a number of classes >= 1'),
         ('compare str', none, lambda _: compare_archs('resnet18'),
          TypeError, 'archs must be a non-empty list'),
+    ]
+
+
+def _data_cases():
+    "Bad input to `layer_decay`, `check_lrs`, `digits_dls` and `digits_images`"
+    from fast_impl import digits_dls, layer_decay
+    from fast_impl.images import digits_images
+    from fast_impl.lr import check_lrs
+    none = lambda: None
+    nan = float('nan')
+    return [
         ('decay lr 0', none, lambda _: layer_decay(0, 3), ValueError, 'lr_max must be a positive, finite'),
         ('decay lr nan', none, lambda _: layer_decay(nan, 3), ValueError, 'got nan'),
         ('decay n', none, lambda _: layer_decay(1e-3, 0), ValueError, 'n_groups must be a positive int'),
@@ -196,6 +217,15 @@ def _api():
          ValueError, 'valid_pct must be between 0 and 1'),
         ('digits class', none, lambda _: digits_dls([3, 12]), ValueError, 'classes must be digits 0-9'),
         ('digits size', none, lambda _: digits_images(size=4), ValueError, 'size must be >= 8'),
+    ]
+
+
+def _fit_cases():
+    "Bad input to `discriminative_learner`, a Learner's fit methods and `train_archs`"
+    from fast_impl.app.train import train_archs
+    none = lambda: None
+    nan = float('nan')
+    return [
         ('groups=stage', _dls, learner_kw(groups='stage'), ValueError, "did you mean 'stages'?"),
         ('groups=0', _dls, learner_kw(groups=0), ValueError, 'groups=0 does not split Toy'),
         ('groups path', _dls, learner_kw(groups=['nope']), ValueError, "no child named 'nope'"),

@@ -39,7 +39,8 @@ def test_simple_cnn(fs, n):
 
 
 def test_inception_variants_and_reductions():
-    old, new, asym = [sum(p.numel() for p in c(3, 32).parameters()) for c in (Inception, NewInception, AsymInception)]
+    old, new, asym = [sum(p.numel() for p in c(3, 32).parameters())
+                      for c in (Inception, NewInception, AsymInception)]
     assert (old, new, asym) == (35_264, 28_128, 19_008)
     assert f'{(old - new) / old:.2%}' == '20.24%'
     assert f'{(old - asym) / old:.2%}' == '46.10%'
@@ -114,7 +115,9 @@ def test_registries_refuse_a_duplicate_name():
     from fast_impl.app.cli import COMMANDS, command
     from fast_impl.archs import SOURCES, register_source
     assert list(SOURCES) == ['fast_impl', 'timm', 'torchvision', 'fastai'] and 'summary' in COMMANDS
-    with pytest.raises(ValueError, match="arch source 'timm' is already registered"): register_source('timm')(print)
+    with pytest.raises(ValueError, match="arch source 'timm' is already registered"):
+        register_source('timm')(print)
     def summary(): pass
     with pytest.raises(ValueError, match="command 'summary' is already registered"): command(summary)
-    with pytest.raises(ValueError, match="unknown arch source 'nope'; valid: fast_impl, timm"): SOURCES.get_or_raise('nope')
+    with pytest.raises(ValueError, match="unknown arch source 'nope'; valid: fast_impl, timm"):
+        SOURCES.get_or_raise('nope')

@@ -1,4 +1,6 @@
-"Issue 3: resolving archs, arch_summary, get_module and count_parameters (seed 004 and seed 000 as golden files)."
+"""Issue 3: resolving archs, arch_summary, get_module and count_parameters.
+
+Seed 004 and seed 000 as golden files."""
 import pathlib, re, subprocess, sys, warnings
 
 import pytest
@@ -112,7 +114,8 @@ def test_builder_that_cannot_run_on_meta_falls_back_to_cpu():
 
 
 def test_unknown_name_lists_closest_names():
-    with pytest.raises(UnknownArchError, match=r"'convnxt_tiny'.*closest known names: convnext_tiny \(timm, torchvision\)"):
+    with pytest.raises(UnknownArchError,
+                       match=r"'convnxt_tiny'.*closest known names: convnext_tiny \(timm, torchvision\)"):
         resolve('convnxt_tiny')
     with pytest.raises(UnknownArchError, match=r"no torchvision model.*resnet50 \(torchvision\)"):
         resolve('torchvision:resnet5')
@@ -122,7 +125,8 @@ def test_unknown_name_lists_closest_names():
 
 def test_bad_arch_type_and_kwargs_on_module():
     with pytest.raises(TypeError, match=r"nn.Module, a callable.*got int"): resolve(3)
-    with pytest.raises(TypeError, match=r"builder arguments \['num_classes'\]"): resolve(nn.Linear(1, 1), num_classes=3)
+    with pytest.raises(TypeError, match=r"builder arguments \['num_classes'\]"):
+        resolve(nn.Linear(1, 1), num_classes=3)
 
 
 def test_local_weights_file(tmp_path):
@@ -130,9 +134,11 @@ def test_local_weights_file(tmp_path):
     torch.save({'model': src.state_dict()}, tmp_path / 'w.pth')
     m = resolve('fast_impl:SimpleCNN', pretrained=tmp_path / 'w.pth')
     assert torch.equal(m.conv1.weight, src.conv1.weight)
-    with pytest.raises(FileNotFoundError, match='does not exist'): resolve('fast_impl:SimpleCNN', pretrained=tmp_path / 'x')
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        resolve('fast_impl:SimpleCNN', pretrained=tmp_path / 'x')
     torch.save(nn.Linear(3, 3).state_dict(), tmp_path / 'bad.pth')
-    with pytest.raises(ValueError, match="does not fit SimpleCNN"): resolve('fast_impl:SimpleCNN', pretrained=tmp_path / 'bad.pth')
+    with pytest.raises(ValueError, match="does not fit SimpleCNN"):
+        resolve('fast_impl:SimpleCNN', pretrained=tmp_path / 'bad.pth')
 
 
 # ---- get_module paths and errors ----
@@ -150,8 +156,8 @@ def test_get_module_paths_names_mixed_and_negative():
 def test_get_module_errors_name_the_step_and_list_children():
     import torchvision
     m = torchvision.models.resnet18()
-    with pytest.raises(IndexError, match=r"index 5 is out of range at layer1 \(2 children\); valid children of "
-                                         r"Sequential: \[0\] \(0\) BasicBlock, \[1\] \(1\) BasicBlock"):
+    with pytest.raises(IndexError, match=r"index 5 is out of range at layer1 \(2 children\); valid children "
+                                         r"of Sequential: \[0\] \(0\) BasicBlock, \[1\] \(1\) BasicBlock"):
         get_module(m, [4, 5])
     with pytest.raises(KeyError, match=r"no child named 'conv9' at layer1.0; valid children of BasicBlock: "
                                        r"\[0\] \(conv1\) Conv2d"):
@@ -208,7 +214,8 @@ def test_vit_root_params_counted():
 @st.composite
 def trees(draw, depth=0):
     kind = draw(st.sampled_from(['seq', 'list', 'dict', 'custom'] if depth < 3 else ['leaf']))
-    if kind == 'leaf': return draw(st.sampled_from([lambda: nn.ReLU(), lambda: nn.Linear(2, 2), lambda: nn.Identity()]))()
+    if kind == 'leaf':
+        return draw(st.sampled_from([lambda: nn.ReLU(), lambda: nn.Linear(2, 2), lambda: nn.Identity()]))()
     kids = [draw(trees(depth + 1)) for _ in range(draw(st.integers(0, 4)))]
     if kind == 'seq': return nn.Sequential(*kids)
     if kind == 'list': return nn.ModuleList(kids)
@@ -247,7 +254,8 @@ def test_giant_vit_summary_needs_no_weight_memory():
     code = ("import resource, torch, timm, fast_impl.summary as s\n"
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "t = s.arch_summary('vit_giant_patch14_224')\n"
-            "print(t.to_df().params.sum(), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)")
+            "print(t.to_df().params.sum(), "
+            "(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)")
     params, mb = map(int, _run(code).split())
     assert params > 1_000_000_000 and mb < 100
 

@@ -187,7 +187,8 @@ def test_9_n_groups_and_layer_decay_before_the_first_fit():
 
 def test_10_package_names():
     from fast_impl import resolve as r
-    assert r is resolve and type(r('resnet18')).__name__ == 'ResNet'  # the function (its module is fast_impl.archs)
+    # the function (its module is fast_impl.archs)
+    assert r is resolve and type(r('resnet18')).__name__ == 'ResNet'
     assert 'pretrained' in inspect.signature(r).parameters and fast_impl.archs.resolve is resolve
     names = dir(fast_impl)
     assert len(names) == len(set(names)) and 'models' in names and 'layer_decay' in names

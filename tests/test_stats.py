@@ -8,8 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fast_impl import compare_archs, layer_summary
 from fast_impl.summary import Comparison, LayerSummary
-from fast_impl.models import (AsymInception, Inception, InceptionModule, NewInception, Plain18Layer, Plain28Layer,
-                              ResNet18, SimpleCNN)
+from fast_impl.models import (AsymInception, Inception, InceptionModule, NewInception, Plain18Layer,
+                              Plain28Layer, ResNet18, SimpleCNN)
 from fast_impl.archs import resolve
 from fast_impl.summary import ForwardError
 
@@ -96,8 +96,8 @@ def test_simplecnn_figures():
 
 
 @pytest.mark.parametrize('model,conv_macs', [
-    (Inception(3, 32), {'branch1': 131_072, 'branch2.0': 131_072, 'branch2.2': 9_469_952, 'branch3.0': 131_072,
-                        'branch3.2': 26_247_168}),
+    (Inception(3, 32), {'branch1': 131_072, 'branch2.0': 131_072, 'branch2.2': 9_469_952,
+                        'branch3.0': 131_072, 'branch3.2': 26_247_168}),
     (AsymInception(3, 32), {'branch2.2': 3_178_496, 'branch2.4': 3_178_496, 'branch3.8': 3_178_496})])
 def test_inception_conv_rows(model, conv_macs):
     rows = {r.name: r for r in layer_summary(model, input_size=SMALL, depth=2).rows}
@@ -118,7 +118,8 @@ def flop_reference(model: nn.Module, x: torch.Tensor) -> int:
     model = copy.deepcopy(model).to('meta')
     bias = []
     hook = lambda m, i, o: bias.append(o.numel()) if getattr(m, 'bias', None) is not None else None
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    hs = [m.register_forward_hook(hook) for m in model.modules()
+          if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     try:
         with FlopCounterMode(display=False) as f, torch.no_grad(): model.eval()(x)
     finally:
@@ -244,7 +245,8 @@ def test_error_names_module_and_leaves_no_hooks(device):
 
 def test_in_place_run_restores_everything():
     "On the CPU a CPU module runs in place: afterwards no hooks, same modes, same weights (BN stats too)"
-    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Dropout(), nn.Flatten(), nn.Linear(8 * 30 * 30, 2))
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Dropout(), nn.Flatten(),
+                      nn.Linear(8 * 30 * 30, 2))
     m.train()
     state = copy.deepcopy(m.state_dict())
     s = layer_summary(m, input_size=SMALL, device='cpu')
@@ -257,7 +259,8 @@ def test_real_module_copied_to_meta_untouched():
     m = SimpleCNN(3)
     w = m.conv1.weight.detach().clone()
     s = layer_summary(m, input_size=SMALL)
-    assert s.device == 'meta' and not m.conv1.weight.is_meta and torch.equal(m.conv1.weight, w) and no_hooks(m)
+    assert (s.device == 'meta' and not m.conv1.weight.is_meta and torch.equal(m.conv1.weight, w)
+            and no_hooks(m))
 
 
 def test_named_arch_holds_no_weights():
@@ -285,7 +288,8 @@ def test_several_inputs_and_outputs():
             super().__init__()
             self.a, self.b = nn.Linear(3, 5), nn.Linear(4, 5)
         def forward(self, x, y=None): return self.a(x), self.b(y)
-    s = layer_summary(Two(), input_size=[(2, 3), (2, 4)], col_names=['input_size', 'output_size', 'mult_adds'])
+    s = layer_summary(Two(), input_size=[(2, 3), (2, 4)],
+                      col_names=['input_size', 'output_size', 'mult_adds'])
     assert s.rows[0].input_shapes == [[2, 3], [2, 4]] and s.rows[0].output_shapes == [[2, 5], [2, 5]]
     assert '[2, 5], [2, 5]' in str(s) and 'Input Shape' in str(s)
     s2 = layer_summary(Two(), input_data={'x': torch.randn(2, 3), 'y': torch.randn(2, 4)})
@@ -314,7 +318,8 @@ def test_renderers():
     s = seed_summary('inception')
     df = s.to_df()
     assert len(df) == len(s.rows) and df.mult_adds.sum() == s.total_mult_adds
-    assert {'name', 'path', 'kernel_size', 'input_shape', 'output_shape', 'trainable_params'} <= set(df.columns)
+    assert ({'name', 'path', 'kernel_size', 'input_shape', 'output_shape', 'trainable_params'}
+            <= set(df.columns))
     assert df.loc[df.name == 'branch2.2', 'path'].item() == [1, 2]
     html = s._repr_html_()
     assert '<table>' in html and 'padding-left:2.9em' in html and 'Total params: 35,264' in html

@@ -1,6 +1,7 @@
 """Execute every notebook in the given folders (or files) top to bottom; exit non-zero on the first error.
 
-By default outputs are discarded (the committed notebooks stay as they are); `--inplace` keeps the new outputs.
+By default outputs are discarded (the committed notebooks stay as they are); `--inplace` keeps the new
+outputs.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def run(nb_path: pathlib.Path, inplace: bool, timeout: int) -> float:
     "Execute `nb_path` in its own folder; returns seconds taken"
     nb = nbformat.read(nb_path, as_version=4)
     start = time.time()
-    NotebookClient(nb, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(nb_path.parent)}}).execute()
+    NotebookClient(nb, timeout=timeout, kernel_name='python3',
+                   resources={'metadata': {'path': str(nb_path.parent)}}).execute()
     if inplace: nbformat.write(nb, nb_path)
     return time.time() - start
 

@@ -1,5 +1,8 @@
-"What an architecture is, without weights: `arch_summary`, `count_parameters`, `layer_summary`, `compare_archs`."
-# arch: the module tree (seeds 000, 004); layers: one recorded pass per arch (seed 001); compare: side by side.
+"""What an architecture is, without weights.
+
+`arch_summary`, `count_parameters`, `layer_summary`, `compare_archs`."""
+# arch: the module tree (seeds 000, 004); layers: one recorded pass per arch (seed 001);
+# compare: side by side.
 from __future__ import annotations
 
 from ..forward import CONVENTION, ForwardError

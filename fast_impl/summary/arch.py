@@ -31,7 +31,8 @@ def _row(i: int, name: str, m: nn.Module, base: tuple) -> ArchRow:
 
 
 class ArchSummary(Report):
-    "The children of one module: `str()` is seed 004's text, `to_df()` a DataFrame (with each row's index path)"
+    "The children of one module: `str()` is seed 004's text, `to_df()` a DataFrame"
+    # the DataFrame gives each row's index path
     def __init__(self, rows: list[ArchRow], verbose: bool = False, title: str = ''):
         self.rows, self.verbose, self.title = rows, verbose, title
 
@@ -68,7 +69,9 @@ def arch_summary(arch, path: Path = None, verbose: bool = False, **kwargs) -> Ar
     model = unwrap(resolve(arch, **kwargs))
     name, base, m = find_module(model, path)
     rows = [_row(i, n, c, base) for i, (n, c) in enumerate(m.named_children())]
-    if not rows: rows = [ArchRow(0, name or '0', type(m).__name__, n_layers(m), num_params(m), num_params(m, True), base)]
+    if not rows:
+        rows = [ArchRow(0, name or '0', type(m).__name__, n_layers(m), num_params(m), num_params(m, True),
+                        base)]
     title = f'{arch_name(arch)}' + (f' [{name}]' if name else '')
     return ArchSummary(rows, verbose, title)
 
@@ -97,7 +100,7 @@ def param_table(arch, **kwargs) -> ParamTable:
 
 
 def count_parameters(model, show: bool = True, **kwargs) -> int:
-    "Number of trainable parameters of `model` (a module, builder or name); prints seed 000's table when `show`"
+    "Number of trainable parameters of `model` (module, builder or name); prints seed 000's table if `show`"
     t = param_table(model, **kwargs)
     if show: print(t)
     return t.total

@@ -17,7 +17,8 @@ from ..tree import num_params
 from .layers import count_new
 
 DEPTH_RULE = 'depth: most mult-add ops (conv, linear, matmul, attention) on one path from input to output'
-LAYERS_RULE = 'weight layers: conv/linear ops run with a weight of the model (each call; functional ones included)'
+LAYERS_RULE = ('weight layers: conv/linear ops run with a weight of the model '
+               '(each call; functional ones included)')
 
 
 @dataclass
@@ -44,14 +45,15 @@ def _pct(v: float | None) -> str: return '--' if v is None else f'{v:+.2%}'
 
 
 class Comparison(Report):
-    "Several archs side by side: parameters, mult-adds, depth, output shape, stage sizes, change against the first"
+    "Several archs side by side: parameters, mult-adds, depth, output shape, stage sizes"
+    # and the change of each against the first
     def __init__(self, records: list[ArchRecord], title: str = ''):
         self.records, self.title = records, title
 
     def _cells(self) -> list[list]:
         b = self.records[0]
-        return [[r.name, r.params, _rel(r.params, b.params), r.macs, _rel(r.macs, b.macs), r.depth, r.weight_layers,
-                 fmt_shapes(r.input_shapes), fmt_shapes(r.output_shapes), r.stage_params]
+        return [[r.name, r.params, _rel(r.params, b.params), r.macs, _rel(r.macs, b.macs), r.depth,
+                 r.weight_layers, fmt_shapes(r.input_shapes), fmt_shapes(r.output_shapes), r.stage_params]
                 for r in self.records]
 
     _COLS = ['arch', 'params', 'params_change', 'mult_adds', 'mult_adds_change', 'depth', 'weight_layers',
@@ -66,8 +68,8 @@ class Comparison(Report):
         stages = lambda s: ' / '.join(f'{n:,}' for n in s)
         fmt = [str, fmt_int, _pct, fmt_int, _pct, str, str, str, str, stages]
         rows = [[f(v) for f, v in zip(fmt, r)] for r in self._cells()]
-        return pd.DataFrame(rows, columns=['Arch', 'Params', 'Δ params', 'Mult-adds', 'Δ mult-adds', 'Depth',
-                                           'Weight layers', 'Input shape', 'Output shape',
+        return pd.DataFrame(rows, columns=['Arch', 'Params', 'Δ params', 'Mult-adds', 'Δ mult-adds',
+                                           'Depth', 'Weight layers', 'Input shape', 'Output shape',
                                            'Params per stage'])
 
     def to_text(self) -> str:
@@ -84,7 +86,8 @@ class Comparison(Report):
 
 
 def _stage_params(model: nn.Module) -> tuple[list[int], str]:
-    "Parameters per stage from `split.split_stages`, or per top-level child (root-held ones first) if it fails"
+    "Parameters per stage from `split.split_stages`, or per top-level child if it fails"
+    # per child: the root-held parameters first
     try:
         from .split import split_stages
         return [sum(q.numel() for q in g) for g in split_stages(model)], 'split_stages'
@@ -103,7 +106,8 @@ def _named(archs) -> list[tuple[str, object]]:
     "`archs` (a list or a dict name -> arch) as (unique name, arch) pairs"
     if isinstance(archs, dict) and archs: return [(str(k), a) for k, a in archs.items()]
     if isinstance(archs, (str, nn.Module)) or not isinstance(archs, (list, tuple)) or not archs:
-        raise TypeError(f"archs must be a non-empty list of archs or a dict of name -> arch; got {archs!r:.80}")
+        raise TypeError(f"archs must be a non-empty list of archs or a dict of name -> arch; "
+                        f"got {archs!r:.80}")
     names, out = defaultdict(int), []
     for a in archs:
         n = _label(a)
@@ -115,19 +119,21 @@ def _named(archs) -> list[tuple[str, object]]:
 def _record(name: str, arch, input_size, device, input_data, dtype) -> ArchRecord:
     p = run(arch, input_size, input_data, device, dtype, structure=True)
     stages, by = _stage_params(p.model)
-    return ArchRecord(name, num_params(p.model), num_params(p.model, True), sum(p.macs.values()), p.depth, p.weight_ops,
-                      p.outputs, stages, by, p.device, p.inputs)
+    return ArchRecord(name, num_params(p.model), num_params(p.model, True), sum(p.macs.values()), p.depth,
+                      p.weight_ops, p.outputs, stages, by, p.device, p.inputs)
 
 
 def compare_archs(archs, input_size=None, device='meta', input_data=None,
                   dtype: torch.dtype = torch.float32) -> Comparison:
-    """One row per arch: parameters, mult-adds, depth, weight layers, output shape, parameters per stage, and the
-    change of parameters and mult-adds against the first arch.
+    """One row per arch: parameters, mult-adds, depth, weight layers, output shape, parameters per stage.
+
+    Each row also gives the change of parameters and mult-adds against the first arch.
 
     Args:
         archs: a list of archs (modules, builders, names) or a dict of name -> arch.
-        input_size: the input shape given to every arch (or a list of shapes); ignored when `input_data` is given.
-            None: each arch gets the size it is made for (as in `layer_summary`); the table shows each input.
+        input_size: the input shape given to every arch (or a list of shapes); ignored when `input_data`
+            is given. None: each arch gets the size it is made for (as in `layer_summary`); the table
+            shows each input.
         device: where the passes run (`'meta'`: no weights).
         input_data: inputs given to every arch instead of random ones.
     """

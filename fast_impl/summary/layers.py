@@ -35,14 +35,15 @@ SEED_COLUMNS = ('kernel_size', 'output_size', 'num_params', 'mult_adds')
 
 @dataclass
 class LayerRow:
-    "One module in a `layer_summary`: `params`, `trainable`, `macs` as shown (no double counting); `total_*`: subtree"
+    "One module in a `layer_summary`: `params`, `trainable`, `macs` as shown (no double counting)"
+    # `total_*`: subtree
     name: str                       # dotted name, '' for the root
     path: tuple[int, ...]           # index path from the root
     cls: str
     kernel: tuple[int, ...] | int | None
     input_shapes: list[list[int]]   # every input tensor, first call ([] when never called)
     output_shapes: list[list[int]]  # every output tensor, first call
-    params: int                     # expanded rows: own parameters; collapsed rows and leaves: their subtree's
+    params: int                     # expanded rows: own params; collapsed rows and leaves: their subtree's
     trainable: int
     macs: int                       # expanded rows: own ops; collapsed rows and leaves: their subtree's
     total_params: int
@@ -84,8 +85,9 @@ def _rows(p: Recording, depth: int | None) -> list[LayerRow]:
         expanded = (depth is None or node.depth < depth) and len(sub) > 1
         params, trainable = count_new(m.parameters(recurse=not expanded), seen_p, lambda q: q.numel())
         macs, _ = count_new([m] if expanded else sub, seen_m, lambda x: p.macs.get(x, 0))
-        rows.append(LayerRow(node.name, node.path, type(m).__name__, _kernel(m), tr.inputs, tr.outputs, params,
-                             trainable, macs, num_params(m), sum(p.macs.get(x, 0) for x in sub), expanded, tr.calls))
+        rows.append(LayerRow(node.name, node.path, type(m).__name__, _kernel(m), tr.inputs, tr.outputs,
+                             params, trainable, macs, num_params(m), sum(p.macs.get(x, 0) for x in sub),
+                             expanded, tr.calls))
     return rows
 
 
@@ -139,12 +141,14 @@ def _units(macs: int) -> tuple[str, float]:
 
 
 class LayerSummary(Report):
-    "Per-layer kernel shape, shapes, parameters and mult-adds of one forward pass (seed 001); `.rows` are `LayerRow`s"
+    "Per-layer kernel shape, shapes, parameters and mult-adds of one forward pass (seed 001)"
+    # `.rows` are `LayerRow`s
     def __init__(self, rows: list[LayerRow], total_params: int, trainable_params: int, total_mult_adds: int,
                  device: str, input_shapes: list, output_shapes: list, columns: Sequence[Column],
                  title: str = '', col_width: int | None = None):
         self.rows, self.total_params, self.trainable_params = rows, total_params, trainable_params
-        self.total_mult_adds, self.device, self.columns, self.title = total_mult_adds, device, list(columns), title
+        self.total_mult_adds, self.device, self.columns = total_mult_adds, device, list(columns)
+        self.title = title
         self.input_shapes, self.output_shapes, self.col_width = input_shapes, output_shapes, col_width
 
     @property
@@ -161,8 +165,8 @@ class LayerSummary(Report):
     def _footer(self) -> list[str]:
         unit, val = _units(self.total_mult_adds)
         return [f'Total params: {self.total_params:,}', f'Trainable params: {self.trainable_params:,}',
-                f'Non-trainable params: {self.non_trainable_params:,}', f'Total mult-adds ({unit}): {val:.2f}',
-                f'Convention: {CONVENTION}',
+                f'Non-trainable params: {self.non_trainable_params:,}',
+                f'Total mult-adds ({unit}): {val:.2f}', f'Convention: {CONVENTION}',
                 f'Forward pass on: {self.device} (input {fmt_shapes(self.input_shapes)}, '
                 f'output {fmt_shapes(self.output_shapes)})']
 
@@ -170,9 +174,10 @@ class LayerSummary(Report):
         import pandas as pd
         cols = ['name', 'path', 'depth', 'class', 'kernel_size', 'input_shape', 'output_shape', 'params',
                 'trainable_params', 'mult_adds', 'total_params', 'total_mult_adds', 'expanded', 'calls']
-        return pd.DataFrame([(r.name, list(r.path), r.depth, r.cls, _fmt_kernel(r.kernel), fmt_shapes(r.input_shapes),
-                              fmt_shapes(r.output_shapes), r.params, r.trainable, r.macs, r.total_params,
-                              r.total_macs, r.expanded, r.calls) for r in self.rows], columns=cols)
+        return pd.DataFrame([(r.name, list(r.path), r.depth, r.cls, _fmt_kernel(r.kernel),
+                              fmt_shapes(r.input_shapes), fmt_shapes(r.output_shapes), r.params, r.trainable,
+                              r.macs, r.total_params, r.total_macs, r.expanded, r.calls) for r in self.rows],
+                            columns=cols)
 
     def _repr_html_(self) -> str:
         heads = ['Layer (type (var_name))', *(HEADERS[c] for c in self.columns)]
@@ -185,14 +190,16 @@ class LayerSummary(Report):
 
 def _check_depth(depth) -> int | None:
     if depth is None or (isinstance(depth, int) and not isinstance(depth, bool) and depth >= 0): return depth
-    raise ValueError(f"depth must be an int >= 0 (0 shows the root only) or None for every level; got {depth!r}")
+    raise ValueError(f"depth must be an int >= 0 (0 shows the root only) or None for every level; "
+                     f"got {depth!r}")
 
 
 def _columns(col_names) -> list[Column]:
     names = [col_names] if isinstance(col_names, str) else list(col_names)
     try: return [Column(c) for c in names]
     except ValueError:
-        raise ValueError(f"col_names must be names from {[c.value for c in Column]}; got {col_names!r}") from None
+        raise ValueError(f"col_names must be names from {[c.value for c in Column]}; "
+                         f"got {col_names!r}") from None
 
 
 def layer_summary(arch, input_size=None, depth: int | None = 3, device='meta', input_data=None,
@@ -201,14 +208,18 @@ def layer_summary(arch, input_size=None, depth: int | None = 3, device='meta', i
     """Kernel shape, input/output shapes, parameters and mult-adds of every module of `arch` down to `depth`.
 
     Args:
-        arch: a module (never changed: copied to `device` unless already there), a builder, or a registry name
-            such as `'convnext_base'`. The pass runs in eval mode, under `no_grad`; train/eval flags are restored.
-        input_size: the input shape, or a list of shapes for several inputs; ignored when `input_data` is given.
-            None: the size the model is made for (timm's `pretrained_cfg`, torchvision's weights), else
-            1x3x224x224.
-        depth: levels of modules shown; deeper modules are folded into their ancestor's row. None: every level.
-        device: where the pass runs; `'meta'` needs no weights. A model with data-dependent ops falls back to the CPU.
-        input_data: a tensor, a list/tuple of positional inputs, or a dict of keyword inputs (non-image models).
+        arch: a module (never changed: copied to `device` unless already there), a builder, or a registry
+            name such as `'convnext_base'`. The pass runs in eval mode, under `no_grad`; train/eval flags
+            are restored.
+        input_size: the input shape, or a list of shapes for several inputs; ignored when `input_data` is
+            given. None: the size the model is made for (timm's `pretrained_cfg`, torchvision's weights),
+            else 1x3x224x224.
+        depth: levels of modules shown; deeper modules are folded into their ancestor's row. None: every
+            level.
+        device: where the pass runs; `'meta'` needs no weights. A model with data-dependent ops falls back
+            to the CPU.
+        input_data: a tensor, a list/tuple of positional inputs, or a dict of keyword inputs (non-image
+            models).
         col_names: columns of the text table, from `Column` (seed 001's by default).
         col_width: width of every text column, long cells overflowing (torchinfo's; seed 001 used 14); None:
             each column as wide as its longest cell, at least 14.
