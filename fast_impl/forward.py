@@ -23,8 +23,8 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from .archs import arch_name, resolve
 from .checks import check_device
-from .inputs import (batch_of, check_dtype, check_input_data, check_size, cpu_model, example_inputs, input_sizes, meta_model,
-                     model_on, native_input_size)
+from .inputs import (batch_of, check_dtype, check_input_data, check_size, cpu_model, example_inputs,
+                     input_sizes, meta_model, model_on, native_input_size)
 from .layers import is_layer, is_norm
 from .metashapes import shortcut
 from .tree import eval_mode, unwrap

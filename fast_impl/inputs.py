@@ -3,8 +3,8 @@
 One input-size guess, `input_data` moved where the model is, meta copies."""
 from __future__ import annotations
 
-__all__ = ['native_input_size', 'input_sizes', 'check_size', 'check_dtype', 'check_input_data', 'example_inputs',
-           'batch_of',
+__all__ = ['native_input_size', 'input_sizes', 'check_size', 'check_dtype', 'check_input_data',
+           'example_inputs', 'batch_of',
            'model_on', 'cpu_model', 'meta_model']
 
 import copy, functools, inspect, sys

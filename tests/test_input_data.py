@@ -1,4 +1,4 @@
-"`input_data=`: models whose input is not one image tensor split, summarise and train with groups in forward order."
+"`input_data=`: models not fed one image tensor split, summarise and train with groups in forward order."
 from __future__ import annotations
 
 import warnings
@@ -12,7 +12,7 @@ from fast_impl.split import check_groups, first_use_order, group_names, order_vi
 
 
 class TwoInputs(nn.Module):
-    "An image and a metadata vector, fused after pooling; registered head first, metadata branch before the CNN"
+    "An image and a metadata vector, fused after pooling; registered head first, the metadata branch next"
     def __init__(self):
         super().__init__()
         self.head = nn.Linear(32 + 8, 3)
@@ -30,7 +30,8 @@ class DictInputs(nn.Module):
     def __init__(self):
         super().__init__()
         self.embed = nn.Conv2d(4, 8, 4, 4)
-        self.blocks = nn.Sequential(*[nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GELU()) for _ in range(3)])
+        conv = lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GELU())
+        self.blocks = nn.Sequential(*[conv() for _ in range(3)])
         self.head = nn.Linear(8, 2)
 
     def forward(self, pixel_values, mask):
@@ -42,7 +43,8 @@ class Tokens(nn.Module):
     def __init__(self, vocab=50, d=16, n=12):
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab, d), nn.Parameter(torch.zeros(1, n, d))
-        self.layers = nn.ModuleList([nn.TransformerEncoderLayer(d, 2, 32, batch_first=True) for _ in range(2)])
+        layer = lambda: nn.TransformerEncoderLayer(d, 2, 32, batch_first=True)
+        self.layers = nn.ModuleList([layer() for _ in range(2)])
         self.norm, self.fc = nn.LayerNorm(d), nn.Linear(d, 4)
 
     def forward(self, ids):
@@ -52,7 +54,8 @@ class Tokens(nn.Module):
 
 
 CASES = {'tuple': (TwoInputs, lambda: (torch.randn(2, 2, 16, 16), torch.randn(2, 5))),
-         'dict': (DictInputs, lambda: {'pixel_values': torch.randn(2, 4, 16, 16), 'mask': torch.ones(2, 4, 16, 16)}),
+         'dict': (DictInputs, lambda: {'pixel_values': torch.randn(2, 4, 16, 16),
+                                       'mask': torch.ones(2, 4, 16, 16)}),
          'ints': (Tokens, lambda: torch.randint(0, 50, (2, 12)))}
 
 
@@ -78,9 +81,9 @@ def test_two_inputs_stem_and_head():
     assert names[0][:2] == ['stem.0.weight', 'stem.0.bias'] and names[-1][-2:] == ['head.weight', 'head.bias']
 
 
-@pytest.mark.xfail(strict=True, reason='rule 4 moves MultiheadAttention.in_proj_weight to the stem (being fixed)')
+@pytest.mark.xfail(strict=True, reason='rule 4 moves MultiheadAttention.in_proj_weight to the stem')
 def test_token_ids_embeddings_in_the_stem():
-    "Integer inputs: the embeddings and the position table are the stem, each encoder layer is whole in a block"
+    "Integer inputs: the embeddings and the position table are the stem, each encoder layer whole in a block"
     m, x = Tokens(), CASES['ints'][1]()
     names = group_names(m, split_blocks(m, input_data=x))
     assert set(names[0]) == {'tok.weight', 'pos'}
@@ -110,7 +113,8 @@ def test_param_groups_takes_what_the_splits_take():
     assert [[id(p) for p in g['params']] for g in pg] == [[id(p) for p in g['params']] for g in pp]
     torch.optim.AdamW(pg)
     with pytest.raises(TypeError, match="build it first"): param_groups('resnet18', 1e-3)
-    with pytest.raises(ValueError, match="made already"): param_groups(plan(m, input_data=x), 1e-3, head='head')
+    with pytest.raises(ValueError, match="made already"):
+        param_groups(plan(m, input_data=x), 1e-3, head='head')
 
 
 def test_layer_summary_with_keyword_and_integer_inputs():
@@ -136,7 +140,8 @@ def test_discriminative_learner_orders_groups_on_a_batch_of_its_data():
     class Fixed(nn.Module):  # takes 12x12 images only: its flattened features feed a sized Linear
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                      nn.Flatten())
             self.fc = nn.Linear(4 * 12 * 12, 3)
 
         def forward(self, x): return self.fc(self.body(x))
