@@ -53,7 +53,7 @@
   // which output: the notebook cell's prompt (In [3]) or the nearest heading above, and the first line
   const describe = el => {
     const prompt = el.closest('.jp-Cell')?.querySelector('.jp-InputPrompt')?.textContent.trim();
-    let where = prompt ? `output of ${prompt.replace(/:$/, '')}` : '';
+    let where = prompt ? `output of ${prompt.replace(/:$/, '').replace(/\s+/g, ' ')}` : '';
     if (!where) {
       const heads = [...document.querySelectorAll('.md-content h1, .md-content h2, .md-content h3')]
         .filter(h => h.compareDocumentPosition(el) & Node.DOCUMENT_POSITION_FOLLOWING);

@@ -1,14 +1,15 @@
 """Check the built documentation site in a real browser: no text output wraps, no table is cut off.
 
-Each page of the site (`make docs` builds it into `_docs/`) is opened in headless Chromium, 1280 px wide, and
-`tools/docs_check.js` measures every `<pre>` and `<table>` of its article: a `<pre>` whose lines wrap (a table
-printed as text whose rows break in two), or a `<pre>` or table wider than the box that shows it with no scroll
-bar (cut off at the right). Each problem is one line naming the page and the output (the notebook cell's
-prompt, `In [3]`, or the heading above it, and the start of its text). Exit status: 0 when every page is
-fine, 1 when an output wraps or is cut off, 2 when Chromium is missing or a page cannot be checked.
+Each page of the site (`make docs` builds it into `_docs/`) is opened in headless Chromium, 1280 px wide,
+and `tools/docs_check.js` measures every `<pre>` and `<table>` of its article: a `<pre>` whose lines wrap (a
+table printed as text whose rows break in two), or a `<pre>` or table wider than the box that shows it with no
+scroll bar (cut off at the right). Each problem is one line naming the page and the output (the notebook
+cell's prompt, `In [3]`, or the heading above it, and the start of its text). Exit status: 0 when every page
+is fine, 1 when an output wraps or is cut off, 2 when Chromium is missing or a page cannot be checked.
 
     python tools/docs_check.py _docs                # the site's folder, or pages
     python tools/docs_check.py _docs --width 1024
+    python tools/docs_check.py --find               # which Chromium would run (exit 1: none)
 
 Chromium: Debian's `chromium` package (`apt-get install chromium`); $CHROMIUM names another binary.
 Nothing but Chromium is needed: the page is a copy of the built one with the script added, and
@@ -16,7 +17,8 @@ Nothing but Chromium is needed: the page is a copy of the built one with the scr
 """
 from __future__ import annotations
 
-import argparse, concurrent.futures as cf, html, json, os, pathlib, re, shutil, subprocess, sys, tempfile, time
+import argparse, html, json, os, pathlib, re, shutil, subprocess, sys, tempfile, time
+from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ['BROWSERS', 'chromium', 'pages', 'probe_page', 'check_page', 'check', 'main']
 
@@ -61,8 +63,8 @@ def probe_page(page: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
 
 def _browse(browser: str, url: str, width: int, profile: str) -> str:
     "The DOM of `url` after its scripts ran, as headless Chromium `width` px wide prints it"
-    cmd = [browser, '--headless', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run', '--mute-audio',
-           f'--user-data-dir={profile}', f'--window-size={width},{HEIGHT}',
+    cmd = [browser, '--headless', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run',
+           '--mute-audio', f'--user-data-dir={profile}', f'--window-size={width},{HEIGHT}',
            '--virtual-time-budget=20000', '--dump-dom', url]
     if hasattr(os, 'geteuid') and os.geteuid() == 0: cmd.insert(1, '--no-sandbox')  # root: no sandbox
     try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -87,7 +89,7 @@ def check(paths: list[str | pathlib.Path], width: int = WIDTH, jobs: int = 2,
     browser = browser or chromium()
     if browser is None: raise FileNotFoundError('Chromium not found')
     problems, errors, measured = [], [], 0
-    with cf.ThreadPoolExecutor(jobs) as pool:
+    with ThreadPoolExecutor(jobs) as pool:
         futures = {name: pool.submit(check_page, browser, name, f, width) for name, f in pages(paths)}
         for name, fut in futures.items():  # in page order, each page's problems in its order
             try: found, n = fut.result()
@@ -101,9 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     "Check the pages named on the command line; print one line per problem; 0, 1 (problems) or 2 (no check)"
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('paths', nargs='*', default=['_docs'], help='the built site (default _docs) or pages')
-    ap.add_argument('--width', type=int, default=WIDTH, help='window width in CSS pixels (default %(default)s)')
+    ap.add_argument('--width', type=int, default=WIDTH, help='window width, CSS pixels (default %(default)s)')
     ap.add_argument('--jobs', type=int, default=2, help='pages checked at a time (default %(default)s)')
+    ap.add_argument('--find', action='store_true', help='only print the Chromium found; exit 1 if none')
     args, start = ap.parse_args(argv), time.perf_counter()
+    if args.find:
+        print(chromium() or 'docs_check: no Chromium on the PATH (Debian: apt-get install chromium)')
+        return 0 if chromium() else 1
     if not (found := pages(args.paths)):
         print(f'docs_check: no pages in {" ".join(args.paths)} (build the site: make docs)', file=sys.stderr)
         return 2
