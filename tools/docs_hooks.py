@@ -30,7 +30,7 @@ LANDING = 'index.ipynb'
 LESSONS = '<!-- lessons -->'  # where the landing page lists the lessons (tools/docs_hooks.py writes the list)
 ASSETS = pathlib.Path(__file__).parents[1] / 'docs_assets'  # the site's CSS, copied as docs_assets/...
 HELP_COLUMNS = '100'  # argparse wraps help to $COLUMNS: fixed, so the page does not depend on the terminal
-Entry = tuple[str, str, str]  # (public name, dotted path of its definition, first docstring line)
+Entry = tuple[str, str, str]  # (public name, dotted path of its definition, docstring summary)
 
 
 def _submodules(mod):
@@ -151,7 +151,7 @@ def _heading(path: pathlib.Path) -> tuple[str, str]:
     "`(first # heading, the text after it in its cell)` of the notebook at `path`; empty strings if none"
     for cell in nbformat.read(path, as_version=4).cells:
         if cell.cell_type != 'markdown': continue
-        head, sep, rest = ('\n' + cell.source).partition('\n# ')
+        _, sep, rest = ('\n' + cell.source).partition('\n# ')
         if sep: return rest.partition('\n')[0].strip(), rest.partition('\n')[2]
     return '', ''
 
