@@ -5,28 +5,32 @@
 - `on_files` adds the generated pages: `api/index.md` (each name in `fast_impl.__all__`, linked to its
   entry), `api/MODULE.md` (mkdocstrings entries of those names, by module) and `cli.md` (`--help` of each
   command); and sets the navigation: the landing notebook, the lessons, the API reference, the command line.
-- `on_page_content` points links between notebooks (`04_splitting.ipynb`) to their pages.
+- `on_page_content` points links between notebooks (`04_splitting.ipynb`) to their pages, and writes the list
+  of lessons into the landing page where it has the `<!-- lessons -->` marker.
+- The site's own CSS (`docs_assets/`, named in mkdocs.yml `extra_css`) is added to the files.
 
-All is computed at build time from `fast_impl.__all__` and `fast_impl.app.cli.COMMANDS`: a new public name or
-command gets its entry without editing any list.
+All is computed at build time from `fast_impl.__all__`, `fast_impl.app.cli.COMMANDS` and the notebooks in
+`nbs/`: a new public name, command or lesson gets its entry without editing any list.
 """
 from __future__ import annotations
 
 import contextlib, importlib, inspect, io, os, pathlib, re, sys, warnings
 
-import griffe, nbformat
+import griffe, markdown, nbformat
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from check_nbs import check, notebooks  # noqa: E402
 
-__all__ = ['api_entries', 'api_pages', 'cli_page', 'generated_pages', 'nb_title', 'nav', 'nb_links',
-           'on_config', 'on_files', 'on_page_content']
+__all__ = ['summary', 'api_entries', 'api_pages', 'cli_page', 'generated_pages', 'nb_title', 'nb_summary',
+           'lessons_html', 'nav', 'nb_links', 'on_config', 'on_files', 'on_page_content']
 
 LANDING = 'index.ipynb'
+LESSONS = '<!-- lessons -->'  # where the landing page lists the lessons (tools/docs_hooks.py writes the list)
+ASSETS = pathlib.Path(__file__).parents[1] / 'docs_assets'  # the site's CSS, copied as docs_assets/...
 HELP_COLUMNS = '100'  # argparse wraps help to $COLUMNS: fixed, so the page does not depend on the terminal
-Entry = tuple[str, str, str]  # (public name, dotted path of its definition, first docstring line)
+Entry = tuple[str, str, str]  # (public name, dotted path of its definition, docstring summary)
 
 
 def _submodules(mod):
@@ -61,11 +65,16 @@ def _ident(package: str, name: str, tree, exported: dict[str, list[str]]) -> str
     return obj.__name__ if inspect.ismodule(obj) else f'{obj.__module__}.{name}'
 
 
+def summary(text: str) -> str:
+    "The summary of a docstring: its whole first paragraph (up to a blank line), on one line"
+    return ' '.join(text.strip().split('\n\n')[0].split())
+
+
 def _doc_line(tree, ident: str) -> str:
-    "First docstring line of the object at dotted `ident` in the griffe `tree`, escaped for a table cell"
+    "The docstring summary of the object at dotted `ident` in the griffe `tree`, escaped for a table cell"
     try: doc = tree[ident.partition('.')[2]].docstring
     except (KeyError, griffe.AliasResolutionError): doc = None
-    return doc.value.splitlines()[0].replace('|', '\\|') if doc and doc.value else ''
+    return summary(doc.value).replace('|', '\\|') if doc and doc.value else ''
 
 
 def api_entries(package: str, tree) -> dict[str, list[Entry]]:
@@ -138,12 +147,33 @@ def generated_pages() -> dict[str, str]:
     return {**api_pages(), 'cli.md': cli_page()}
 
 
+def _heading(path: pathlib.Path) -> tuple[str, str]:
+    "`(first # heading, the text after it in its cell)` of the notebook at `path`; empty strings if none"
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type != 'markdown': continue
+        _, sep, rest = ('\n' + cell.source).partition('\n# ')
+        if sep: return rest.partition('\n')[0].strip(), rest.partition('\n')[2]
+    return '', ''
+
+
 def nb_title(path: pathlib.Path) -> str:
     "The notebook's title: its first `# heading`, inline code marks dropped (else the file name)"
-    for cell in nbformat.read(path, as_version=4).cells:
-        heads = [line[2:].strip() for line in cell.source.splitlines() if line.startswith('# ')]
-        if cell.cell_type == 'markdown' and heads: return heads[0].replace('`', '')
-    return path.stem
+    return _heading(path)[0].replace('`', '') or path.stem
+
+
+def nb_summary(path: pathlib.Path) -> str:
+    "What the notebook is about: the `> quote` under its title, else the first paragraph there (markdown)"
+    paras = [p.strip() for p in _heading(path)[1].split('\n\n') if p.strip()]
+    quote = next((p for p in paras if p.startswith('>')), None)
+    text = re.sub(r'^> ?', '', quote, flags=re.M) if quote else paras[0] if paras else ''
+    return ' '.join(text.split())
+
+
+def lessons_html(nbs: list[pathlib.Path]) -> str:
+    "The landing page's list of lessons: every notebook but the landing one, linked to its page, summarised"
+    items = [f'- [{_heading(f)[0] or f.stem}]({f.stem}.html)' + (f': {s}' if (s := nb_summary(f)) else '')
+             for f in nbs if f.name != LANDING]
+    return markdown.markdown('\n'.join(items)).replace('<ul>', '<ul class="lessons">', 1)
 
 
 def nav(nbs: list[pathlib.Path], api_uris: list[str]) -> list:
@@ -173,13 +203,20 @@ def on_config(config):
 
 
 def on_files(files, config):
-    "Add the generated API reference and command-line pages; set the navigation (read after this event)"
+    "Add the generated pages and the site's CSS; set the navigation (read after this event)"
     pages = generated_pages()
     for uri, text in pages.items(): files.append(File.generated(config, uri, content=text))
+    for f in sorted(ASSETS.rglob('*.css')):
+        uri = f'docs_assets/{f.relative_to(ASSETS).as_posix()}'
+        files.append(File.generated(config, uri, abs_src_path=str(f)))
     config['nav'] = nav(_nbs(config), [uri for uri in pages if uri.startswith('api/')])
     return files
 
 
 def on_page_content(html, page, config, files):
-    "Links between notebooks (`[lesson](04_splitting.ipynb)`, as in Jupyter) go to their pages on the site"
-    return nb_links(html, {f.name for f in _nbs(config)})
+    "Links between notebooks go to their pages; the landing page gets the list of lessons at its marker"
+    nbs = _nbs(config)
+    if page.file.src_uri == LANDING:
+        if LESSONS not in html: raise PluginError(f'{LANDING} has no {LESSONS} marker for the lessons list')
+        html = html.replace(LESSONS, lessons_html(nbs), 1)
+    return nb_links(html, {f.name for f in nbs})
