@@ -27,6 +27,7 @@ __all__ = ['summary', 'api_entries', 'api_pages', 'cli_page', 'generated_pages',
            'lessons_html', 'nav', 'nb_links', 'on_config', 'on_files', 'on_page_content']
 
 LANDING = 'index.ipynb'
+GUIDE = 'guide.md'  # the README's details: rules, command line, training, measured figures in full
 LESSONS = '<!-- lessons -->'  # where the landing page lists the lessons (tools/docs_hooks.py writes the list)
 ASSETS = pathlib.Path(__file__).parents[1] / 'docs_assets'  # the site's CSS, copied as docs_assets/...
 HELP_COLUMNS = '100'  # argparse wraps help to $COLUMNS: fixed, so the page does not depend on the terminal
@@ -177,11 +178,12 @@ def lessons_html(nbs: list[pathlib.Path]) -> str:
 
 
 def nav(nbs: list[pathlib.Path], api_uris: list[str]) -> list:
-    "The site navigation: the landing notebook, the lessons, the API reference, the command line"
+    "The site navigation: the landing notebook, the lessons, the guide (`nbs/guide.md`), the API, the CLI"
     home = [{nb_title(f): f.name} for f in nbs if f.name == LANDING]
     lessons = [{nb_title(f): f.name} for f in nbs if f.name != LANDING]
     api = [{'All names': api_uris[0]}, *api_uris[1:]]
-    return [*home, *([{'Lessons': lessons}] if lessons else []), {'API reference': api},
+    guide = [{'Guide': GUIDE}] if (nbs and (nbs[0].parent / GUIDE).exists()) else []
+    return [*home, *([{'Lessons': lessons}] if lessons else []), *guide, {'API reference': api},
             {'Command line': 'cli.md'}]
 
 
