@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .checks import check_device
 from .registry import Registry
 
 SOURCES = Registry('arch source')  # prefix -> function(name) returning a builder or None
@@ -190,6 +191,7 @@ def resolve(arch, device: str | torch.device | None = 'meta', pretrained: bool |
         kwargs: passed to the builder (`num_classes`, ...).
     """
     check_pretrained(pretrained)
+    if device is not None: check_device(device)  # one line for a device this machine lacks
     if isinstance(arch, nn.Module):
         if kwargs: raise TypeError(f"builder arguments {sorted(kwargs)} given with an already built module")
         if pretrained is True:

@@ -343,16 +343,15 @@ def run(arch, input_size=None, input_data=None, device='meta', dtype=torch.float
 
 
 def _size_hint(e: ForwardError, model: nn.Module, arch, input_size, input_data) -> ForwardError:
-    "`e`, its message ending with the input the model is made for or the sizes to try"
-    # the input the model is made for when a size was given, the sizes to try when none was
+    "`e`, its message ending with the input to give: the size the arch is made for, else one of its rank"
     if input_data is not None: return e
-    native = native_input_size(model, arch)
-    if input_size is None:
-        e.args = (f"{e.args[0]}; give the input: input_size= "
-                  f"(for example {list(input_sizes(model, arch)[0])}) or input_data=",)
-    elif native is not None and tuple(input_size) != native:
-        e.args = (f"{e.args[0]} (the input was {list(input_size)}; {arch_name(arch)} is made for "
-                  f"{list(native)})",)
+    native, best = native_input_size(model, arch), input_sizes(model, arch)[0]
+    if input_size is not None and (tuple(input_size) == tuple(best) or native is None
+                                   and len(check_size(input_size)[0]) == len(best)): return e
+    given = f"the input was {list(input_size)}; " if input_size is not None else ''
+    made = 'is made for' if native else 'may take'
+    e.args = (f"{e.args[0]} ({given}{arch_name(arch)} {made} {list(best)}: give input_size={tuple(best)}, "
+              f"or --input {','.join(map(str, best))} on the command line)",)
     return e
 
 

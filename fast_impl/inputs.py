@@ -80,9 +80,11 @@ def _torchvision_builder_of(cls: type) -> str | None:
 
 
 def _first_layer(model: nn.Module) -> nn.Module | None:
-    "The first conv in registration order, else the first linear layer"
-    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
-    return first or next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+    "The first conv in registration order, else the first recurrent layer, else the first linear layer"
+    for kind in (nn.modules.conv._ConvNd, nn.RNNBase, nn.Linear):
+        first = next((m for m in model.modules() if isinstance(m, kind)), None)
+        if first is not None: return first
+    return None
 
 
 def input_sizes(model: nn.Module, arch=None, kwargs: dict | None = None) -> list[tuple[int, ...]]:
@@ -98,11 +100,13 @@ def input_sizes(model: nn.Module, arch=None, kwargs: dict | None = None) -> list
     dims = len(first.kernel_size) if isinstance(first, nn.modules.conv._ConvNd) else 2
     if native and dims == 3 and len(native) == 4: native = (*native[:2], 16, *native[2:])
     if native: sizes.append(native)
-    if dims == 2 and not isinstance(first, nn.Linear): sizes.append((1, 3, 224, 224))
+    if dims == 2 and not isinstance(first, (nn.Linear, nn.RNNBase)): sizes.append((1, 3, 224, 224))
     if isinstance(first, nn.modules.conv._ConvNd):
         sides = (224, 32, 28) if dims == 2 else (112, 32) if dims == 3 else (224,)
         sizes += [(1, first.in_channels, *(((16,) if dims == 3 else ()) + (s,) * min(dims, 2)))
                   for s in sides]
+    elif isinstance(first, nn.RNNBase):  # a sequence of 16 steps
+        sizes.append((1, 16, first.input_size) if first.batch_first else (16, 1, first.input_size))
     elif isinstance(first, nn.Linear): sizes.append((1, first.in_features))
     return list(dict.fromkeys(sizes or [(1, 3, 224, 224)]))
 
