@@ -370,3 +370,15 @@ def test_compare_names_and_changes():
 def test_compare_bad_input(archs):
     with pytest.raises(TypeError, match='archs must be a non-empty list'):
         compare_archs(archs)
+
+
+def test_compare_takes_its_stages_from_the_same_pass(monkeypatch):
+    "compare_archs: one recorded pass per arch gives mult-adds and the split_stages groups of its stage sizes"
+    import fast_impl.forward as F
+    from fast_impl import split_stages
+    calls, inner = [], F.record
+    monkeypatch.setattr(F, 'record', lambda *a, **k: calls.append(1) or inner(*a, **k))
+    monkeypatch.setattr('fast_impl.summary.compare.run', F.run)
+    c = compare_archs(['resnet18', 'fast_impl:Plain18Layer'])
+    assert len(calls) == 2 and {r.stages_by for r in c.records} == {'split_stages'}
+    assert c.records[0].stage_params == [sum(p.numel() for p in g) for g in split_stages('resnet18')]

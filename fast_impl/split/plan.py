@@ -25,7 +25,7 @@ class StrategyError(ValueError):
 
 
 def plan(model, strategy: str | None = None, input_size: Sequence[int] | None = None, head=None,
-         input_data=None) -> Plan:
+         input_data=None, trace=False) -> Plan:
     """The ordered blocks of `model` from the first strategy that applies.
 
     Args:
@@ -36,10 +36,11 @@ def plan(model, strategy: str | None = None, input_size: Sequence[int] | None = 
         head: module names or index paths that belong to the head group, beside those the rules find.
         input_data: example inputs for that pass instead of `input_size`: a tensor, a tuple of positional
             inputs or a dict of keyword inputs (token ids, masks, several images).
+        trace: the `fast_impl.forward.Trace` of a pass recorded already (None: none ran), instead of a new pass.
     """
     if isinstance(model, Plan): return model
     model = as_model(model)
-    v, ix = view(model), Index(model, input_size, input_data=input_data)
+    v, ix = view(model), Index(model, input_size, trace, input_data)
     body = ix if v.body is model else Index(v.body, trace=ix.trace and ix.trace.within(v.prefix))
     blocks, s = _strategy_blocks(body, v, strategy)
     blocks = [Block([v.prefix + p for p in b.params],

@@ -85,13 +85,12 @@ class Comparison(Report):
         return html_table(list(df.columns), df.values.tolist(), self.title)
 
 
-def _stage_params(model: nn.Module) -> tuple[list[int], str]:
-    "Parameters per stage from `split.split_stages`, or per top-level child if it fails"
+def _stage_params(model: nn.Module, trace) -> tuple[list[int], str]:
+    "Parameters per stage from `split_stages` on the recorded pass, or per top-level child if it fails"
     # per child: the root-held parameters first
-    try:
-        from .split import split_stages
-        return [sum(q.numel() for q in g) for g in split_stages(model)], 'split_stages'
-    except Exception:
+    from ..split import plan, split_stages
+    try: return [sum(q.numel() for q in g) for g in split_stages(plan(model, trace=trace))], 'split_stages'
+    except (ValueError, TypeError, KeyError, IndexError):
         seen = set()
         groups = [list(model.parameters(recurse=False))] + [list(c.parameters()) for c in model.children()]
         sizes = [count_new(g, seen, lambda q: q.numel())[0] for g in groups]
@@ -117,8 +116,8 @@ def _named(archs) -> list[tuple[str, object]]:
 
 
 def _record(name: str, arch, input_size, device, input_data, dtype) -> ArchRecord:
-    p = run(arch, input_size, input_data, device, dtype, structure=True)
-    stages, by = _stage_params(p.model)
+    p = run(arch, input_size, input_data, device, dtype, structure=True, order=True)  # one pass for all
+    stages, by = _stage_params(p.model, p.trace)
     return ArchRecord(name, num_params(p.model), num_params(p.model, True), sum(p.macs.values()), p.depth,
                       p.weight_ops, p.outputs, stages, by, p.device, p.inputs)
 
