@@ -71,8 +71,13 @@ class Report:
     "Base of every summary: subclasses give `to_text()` and `to_df()`; the rest derives from them"
     title = ''
 
-    def to_text(self) -> str: raise NotImplementedError
-    def to_df(self): raise NotImplementedError
+    def to_text(self) -> str:
+        "The plain-text table (what `print` shows)"
+        raise NotImplementedError
+
+    def to_df(self):
+        "The table as a pandas DataFrame, one row per record"
+        raise NotImplementedError
 
     def __str__(self) -> str: return self.to_text()
     def __repr__(self) -> str: return self.to_text()

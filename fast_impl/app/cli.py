@@ -21,6 +21,7 @@ class CliError(Exception):
 
 
 class Fmt(str, Enum):
+    "The output formats of the table commands (`--format`)"
     text = 'text'; markdown = 'markdown'; csv = 'csv'; html = 'html'
 
 

@@ -36,7 +36,8 @@ def plan(model, strategy: str | None = None, input_size: Sequence[int] | None = 
         head: module names or index paths that belong to the head group, beside those the rules find.
         input_data: example inputs for that pass instead of `input_size`: a tensor, a tuple of positional
             inputs or a dict of keyword inputs (token ids, masks, several images).
-        trace: the `fast_impl.forward.Trace` of a pass recorded already (None: none ran), instead of a new pass.
+        trace: the `fast_impl.forward.Trace` of a pass recorded already (None: none ran), instead of a
+            new pass.
     """
     if isinstance(model, Plan): return model
     model = as_model(model)
