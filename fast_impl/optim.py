@@ -2,9 +2,10 @@
 the no-weight-decay policy, and `GroupTracker`, per-group statistics of a plain training loop."""
 from __future__ import annotations
 
-__all__ = ['param_groups', 'group_rates', 'no_decay_params', 'is_norm', 'GroupTracker']
+__all__ = ['param_groups', 'group_rates', 'no_decay_params', 'is_norm', 'GroupTracker', 'plot_group_stats',
+           'FlatRatesWarning', 'flattened_rates', 'warn_flattened', 'layer_groups', 'group_colors']
 
-import contextlib, fnmatch, math, numbers, re
+import contextlib, fnmatch, math, numbers, re, warnings
 
 import torch
 from torch import nn
@@ -107,6 +108,45 @@ def param_groups(model: nn.Module, lr: float, groups='stages', decay: float | No
             if part: out.append(dict(params=part, lr=r, weight_decay=w, name=name, group=i, lr_scale=r / lr))
     return out
 
+# ---------------------------------------------------------------- what a scheduler did to the rates
+
+
+class FlatRatesWarning(UserWarning):
+    "Per-group rates that `param_groups` made different, flattened to one rate by a scheduler"
+
+
+def flattened_rates(groups) -> str | None:
+    """The warning text when the optimizer groups `groups` (dicts) carry different `lr_scale`s, as
+    `param_groups` made them, but all train at one positive rate, as a scheduler given one rate leaves them
+    (`OneCycleLR(max_lr=1e-3)`, `CyclicLR(base_lr=...)`); else None"""
+    made = [g for g in groups if 'lr_scale' in g and 'lr' in g]
+    scales, lrs = {float(g['lr_scale']) for g in made}, [float(g['lr']) for g in made]
+    if len(scales) < 2 or min(lrs) <= 0 or max(lrs) - min(lrs) > 1e-9 * max(lrs): return None
+    n = len({g.get('group', g.get('name')) for g in made})
+    return (f"the {n} layer groups that param_groups gave rates from {min(scales):.3g}x to {max(scales):.3g}x "
+            f"the head's all train at lr={lrs[0]:.3g}: a scheduler given one rate flattened them. Give it one "
+            f"rate per group, e.g. OneCycleLR(opt, max_lr=[g['lr'] for g in opt.param_groups], ...) "
+            f"(CyclicLR: base_lr and max_lr lists); LambdaLR, cosine, linear and timm schedules keep the ratios")
+
+
+def warn_flattened(groups, warned: bool = False) -> bool:
+    """Warn (`FlatRatesWarning`) when `flattened_rates(groups)` finds flattened rates, unless `warned`;
+    returns whether a warning was given now or before (`self._warned = warn_flattened(groups, self._warned)`)"""
+    if warned: return True
+    msg = flattened_rates(groups)
+    if msg: warnings.warn(msg, FlatRatesWarning, stacklevel=3)
+    return msg is not None
+
+
+def layer_groups(groups) -> list[tuple[str, list[nn.Parameter], float]]:
+    """(name, parameters, lr) per layer group of the optimizer groups `groups` (dicts), in order: groups
+    sharing a `name` (the weight-decay halves `param_groups` makes) are one layer group"""
+    out = {}
+    for i, g in enumerate(groups):
+        key = g.get('name', f'group {g.get("group", i)}')
+        out.setdefault(key, ([], g.get('lr', float('nan'))))[0].extend(g['params'])
+    return [(k, ps, lr) for k, (ps, lr) in out.items()]
+
 # ---------------------------------------------------------------- statistics of a training loop
 
 
@@ -116,25 +156,27 @@ class GroupTracker:
     output (groups sharing a `name` are one layer group). Wrap each `optimizer.step()` in
     `with tracker.step():`; `tracker.df` is the table.
 
-    `every`: record one step in `every` (the others cost nothing)."""
+    `every`: record one step in `every` (the others cost nothing). Rates that `param_groups` made different
+    and a scheduler then made equal give one `FlatRatesWarning`."""
     columns = ['step', 'group', 'name', 'lr', 'grad_norm', 'update_ratio']
 
     def __init__(self, optimizer, every: int = 1):
         self.opt, self.every, self.rows, self.n, self._on = optimizer, check_count(every, 'every'), [], 0, False
+        self._warned = False
 
     def _groups(self) -> list[tuple[str, list[nn.Parameter], float]]:
         "(name, parameters, lr) per layer group of the optimizer"
-        gs = {}
-        for i, g in enumerate(self.opt.param_groups):
-            key = g.get('name', f'group {g.get("group", i)}')
-            gs.setdefault(key, ([], g.get('lr', float('nan'))))[0].extend(g['params'])
-        return [(k, ps, lr) for k, (ps, lr) in gs.items()]
+        return layer_groups(self.opt.param_groups)
 
-    def before(self, groups=None) -> None:
-        "Call after `backward()`, before the optimizer step: records gradient norms and the weights"
+    def before(self, groups=None, hypers=None) -> None:
+        """Call after `backward()`, before the optimizer step: records gradient norms and the weights.
+        `groups`: (name, parameters, lr) per layer group, else read from the optimizer; `hypers`: the
+        optimizer's group dicts, for the flattened-rate check (default: the optimizer's `param_groups`)"""
         self._on = self.n % self.every == 0
         self.n += 1
         if not self._on: return
+        if hypers is None and self.opt is not None: hypers = self.opt.param_groups
+        if hypers is not None: self._warned = warn_flattened(hypers, self._warned)
         self._now = groups if groups is not None else self._groups()
         self._grad, self._prev, self._w = [], [], []
         for _, ps, _ in self._now:
@@ -143,10 +185,10 @@ class GroupTracker:
             self._w.append(_norm([p.detach() for p in live]))
             self._prev.append((live, [p.detach().clone() for p in live]))
 
-    def after(self) -> None:
-        "Call after the optimizer step: records the update-to-weight ratios"
-        if not self._on: return
-        step = self.n - 1
+    def after(self) -> list[tuple]:
+        "Call after the optimizer step: records the update-to-weight ratios; returns the rows recorded now"
+        if not self._on: return []
+        step, first = self.n - 1, len(self.rows)
         stats = zip(self._now, self._grad, self._w, self._prev)
         for i, ((name, _, lr), g, w, (live, prev)) in enumerate(stats):
             if live:  # ||w_after - w_before|| / ||w_before||
@@ -155,6 +197,8 @@ class GroupTracker:
             else: ratio = float('nan')
             self.rows.append((step, i, name, float(lr), g, ratio))
         self._prev = self._now = self._w = None
+        self._on = False
+        return self.rows[first:]
 
     @contextlib.contextmanager
     def step(self):
@@ -180,14 +224,39 @@ def _norm(ts: list[torch.Tensor]) -> float:
     return float(torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(ts)])))
 
 
-def plot_group_stats(df, figsize=(11, 3)):
-    "A figure of `df` (`GroupTracker.df`, `learn.group_stats.df`): lr, grad norm, update ratio by group (log)"
+def group_colors(n: int, cmap: str = 'viridis') -> list[tuple]:
+    "`n` RGBA colours on the sequential `cmap`, stem (dark) to head (light), distinct and ordered by depth"
+    import matplotlib
+    import numpy as np
+    return [tuple(c) for c in matplotlib.colormaps[cmap](np.linspace(0, 0.9, n) if n > 1 else [0.])]
+
+
+def _group_key(fig, axs, names: list[str], colors: list[tuple], cmap: str, legend_max: int = 10) -> None:
+    "A legend outside the axes for up to `legend_max` groups, else a colorbar labelled with some group names"
+    import matplotlib
+    from matplotlib.colors import ListedColormap, BoundaryNorm
+    n = len(names)
+    if n <= legend_max:
+        fig.legend(axs[0].lines, names, loc='outside right center', fontsize='small', title='group')
+        return
+    sm = matplotlib.cm.ScalarMappable(norm=BoundaryNorm(range(n + 1), n), cmap=ListedColormap(colors))
+    cb = fig.colorbar(sm, ax=list(axs), location='right', aspect=30, label='group (stem → head)')
+    ticks = sorted({round(i) for i in (k * (n - 1) / 5 for k in range(6))})
+    cb.set_ticks([t + 0.5 for t in ticks], labels=[names[t] for t in ticks])
+
+
+def plot_group_stats(df, figsize=(11, 3), cmap: str = 'viridis'):
+    """A figure of `df` (`GroupTracker.df`, `learn.group_stats.df`): lr, grad norm and update ratio per
+    group against the step (log scale), groups coloured by depth on `cmap` (a legend, or for many groups
+    a colorbar, outside the axes)"""
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, 3, figsize=figsize)
-    for (i, name), d in df.groupby(['group', 'name'], sort=True):
-        for ax, col in zip(axs, ('lr', 'grad_norm', 'update_ratio')): ax.plot(d['step'], d[col], label=name)
+    fig, axs = plt.subplots(1, 3, figsize=figsize, layout='constrained')
+    groups = list(df.groupby(['group', 'name'], sort=True))
+    colors = group_colors(len(groups), cmap)
+    for ((i, name), d), c in zip(groups, colors):
+        for ax, col in zip(axs, ('lr', 'grad_norm', 'update_ratio')):
+            ax.plot(d['step'], d[col], label=name, color=c, lw=1.2)
     for ax, t in zip(axs, ('learning rate', 'gradient norm', '||update|| / ||weight||')):
         ax.set(title=t, xlabel='step', yscale='log')
-    axs[-1].legend(fontsize='small', loc='best')
-    fig.tight_layout()
+    _group_key(fig, axs, [name for (_, name), _ in groups], colors, cmap)
     return fig
