@@ -123,15 +123,17 @@ def flattened_rates(groups) -> str | None:
     scales, lrs = {float(g['lr_scale']) for g in made}, [float(g['lr']) for g in made]
     if len(scales) < 2 or min(lrs) <= 0 or max(lrs) - min(lrs) > 1e-9 * max(lrs): return None
     n = len({g.get('group', g.get('name')) for g in made})
-    return (f"the {n} layer groups that param_groups gave rates from {min(scales):.3g}x to {max(scales):.3g}x "
-            f"the head's all train at lr={lrs[0]:.3g}: a scheduler given one rate flattened them. Give it one "
-            f"rate per group, e.g. OneCycleLR(opt, max_lr=[g['lr'] for g in opt.param_groups], ...) "
-            f"(CyclicLR: base_lr and max_lr lists); LambdaLR, cosine, linear and timm schedules keep the ratios")
+    return (f"the {n} layer groups that param_groups gave rates from {min(scales):.3g}x to "
+            f"{max(scales):.3g}x the head's all train at lr={lrs[0]:.3g}: a scheduler given one rate "
+            f"flattened them. Give it one rate per group, e.g. "
+            f"OneCycleLR(opt, max_lr=[g['lr'] for g in opt.param_groups], ...) (CyclicLR: base_lr and "
+            f"max_lr lists); LambdaLR, cosine, linear and timm schedules keep the ratios")
 
 
 def warn_flattened(groups, warned: bool = False) -> bool:
     """Warn (`FlatRatesWarning`) when `flattened_rates(groups)` finds flattened rates, unless `warned`;
-    returns whether a warning was given now or before (`self._warned = warn_flattened(groups, self._warned)`)"""
+    returns whether a warning was given now or before:
+    `self._warned = warn_flattened(groups, self._warned)`"""
     if warned: return True
     msg = flattened_rates(groups)
     if msg: warnings.warn(msg, FlatRatesWarning, stacklevel=3)
@@ -161,8 +163,8 @@ class GroupTracker:
     columns = ['step', 'group', 'name', 'lr', 'grad_norm', 'update_ratio']
 
     def __init__(self, optimizer, every: int = 1):
-        self.opt, self.every, self.rows, self.n, self._on = optimizer, check_count(every, 'every'), [], 0, False
-        self._warned = False
+        self.opt, self.every, self.rows, self.n = optimizer, check_count(every, 'every'), [], 0
+        self._on = self._warned = False
 
     def _groups(self) -> list[tuple[str, list[nn.Parameter], float]]:
         "(name, parameters, lr) per layer group of the optimizer"

@@ -249,7 +249,8 @@ def test_flattened_rates_warn_once_naming_the_fix():
     msg = str(rec[0].message)
     assert "3 layer groups" in msg and "max_lr=[g['lr'] for g in opt.param_groups]" in msg
     m, opt = _three_groups()  # the fix: one rate per group, ratios kept at every step
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g['lr'] for g in opt.param_groups], total_steps=10)
+    lrs = [g['lr'] for g in opt.param_groups]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lrs, total_steps=10)
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         tr = GroupTracker(opt)
