@@ -3,7 +3,8 @@ the no-weight-decay policy, and `GroupTracker`, per-group statistics of a plain 
 from __future__ import annotations
 
 __all__ = ['param_groups', 'group_rates', 'no_decay_params', 'is_norm', 'GroupTracker', 'plot_group_stats',
-           'FlatRatesWarning', 'flattened_rates', 'warn_flattened', 'layer_groups', 'group_colors']
+           'FlatRatesWarning', 'flattened_rates', 'warn_flattened', 'layer_groups', 'group_colors',
+           'GroupFreezer']
 
 import contextlib, fnmatch, math, numbers, re, warnings
 
@@ -262,3 +263,69 @@ def plot_group_stats(df, figsize=(11, 3), cmap: str = 'viridis'):
         ax.set(title=t, xlabel='step', yscale='log')
     _group_key(fig, axs, [name for (_, name), _ in groups], colors, cmap)
     return fig
+
+# ---------------------------------------------------------------- gradual unfreezing for any loop
+
+
+class GroupFreezer:
+    """ULMFiT's gradual unfreezing over the layer groups of `optimizer` (as `param_groups` made them), for any
+    loop or trainer: `set(epoch)` trains the head group first, then `step` more groups every
+    `epochs_per_phase` epochs, until every group trains; `restore()` undoes it. A frozen parameter gets no
+    gradient (`requires_grad=False`), so every torch optimizer leaves it bit-for-bit unchanged, weight decay
+    included; batch norms wholly inside frozen groups stop updating their running statistics (as Lightning's
+    `BaseFinetuning`). `drop_grads=True` keeps `requires_grad` and needs `drop()` after each backward instead
+    (for DDP without `find_unused_parameters`, see `fast_impl.lightning.GradualUnfreezing`)."""
+
+    def __init__(self, optimizer, epochs_per_phase: int = 1, step: int = 1, model=None, drop_grads=False):
+        if not any('group' in g for g in optimizer.param_groups):
+            raise ValueError("gradual unfreezing reads the layer groups that param_groups made; build the "
+                             "optimizer as torch.optim.AdamW(param_groups(model, lr))")
+        named = layer_groups(optimizer.param_groups)
+        if len(named) < 2:
+            raise ValueError(f"gradual unfreezing needs 2 or more layer groups; the optimizer has "
+                             f"{len(named)}: param_groups(model, lr, groups='stages', 'blocks' or a number)")
+        self.names, self.groups = [n for n, _, _ in named], [ps for _, ps, _ in named]
+        self.every, self.step = check_count(epochs_per_phase, 'epochs_per_phase'), check_count(step, 'step')
+        self.drop_grads, self.n_frozen = drop_grads, 0
+        self._grad = {id(p): p.requires_grad for ps in self.groups for p in ps}
+        self._norms = _norms_by_params(model, self.groups) if model is not None else []
+
+    @property
+    def epochs_needed(self) -> int:
+        "Epochs until every group trains: one phase per `step` groups after the head's"
+        return (math.ceil((len(self.groups) - 1) / self.step) + 1) * self.every
+
+    def frozen_at(self, epoch: int) -> int:
+        "How many groups, from the stem, are frozen in `epoch` (0-based)"
+        return max(0, len(self.groups) - 1 - (epoch // self.every) * self.step)
+
+    def set(self, epoch: int) -> int:
+        "Freeze the groups due to be frozen in `epoch`, unfreeze the rest; returns how many are frozen"
+        self.n_frozen = k = self.frozen_at(epoch)
+        for i, ps in enumerate(self.groups):
+            for p in ps: p.requires_grad_(self._grad[id(p)] and (i >= k or self.drop_grads))
+        for m, i in self._norms: m.track_running_stats = i >= k
+        return k
+
+    def drop(self) -> None:
+        "With `drop_grads`: forget the frozen groups' gradients (call after backward, before the step)"
+        for ps in self.groups[:self.n_frozen]:
+            for p in ps: p.grad = None
+
+    def restore(self) -> None:
+        "Every group trains again (`requires_grad` as it was before, norms track their statistics)"
+        self.n_frozen = 0
+        for ps in self.groups:
+            for p in ps: p.requires_grad_(self._grad[id(p)])
+        for m, _ in self._norms: m.track_running_stats = True
+
+
+def _norms_by_params(model: nn.Module, groups) -> list[tuple[nn.Module, int]]:
+    "(batch norm, its group) per batch norm of `model` that tracks statistics, its parameters in one group"
+    where = {id(p): i for i, ps in enumerate(groups) for p in ps}
+    out = []
+    for m in unwrap(model).modules():
+        own = {where.get(id(p)) for p in m.parameters(recurse=False)}
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and len(own) == 1 \
+                and None not in own: out.append((m, own.pop()))
+    return out
