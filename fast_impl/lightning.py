@@ -37,8 +37,9 @@ class GroupMonitor(Callback):
     def on_fit_start(self, trainer, pl_module):
         logs = trainer.log_every_n_steps
         if self.every and logs and self.every % logs:
-            warnings.warn(f"GroupMonitor(every={self.every}) records steps that Trainer(log_every_n_steps={logs}) "
-                          f"does not write; pass Trainer(log_every_n_steps={self.every})", stacklevel=2)
+            warnings.warn(f"GroupMonitor(every={self.every}) records steps that "
+                          f"Trainer(log_every_n_steps={logs}) does not write; pass "
+                          f"Trainer(log_every_n_steps={self.every})", stacklevel=2)
         self._every = self.every or logs
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):

@@ -30,7 +30,8 @@ def tiny_cnn() -> nn.Module:
 def schedule(kind: str, opt, steps: int):
     "Each schedule as the docs build it (`flat`: OneCycleLR given one max_lr, the usual mistake)"
     S = torch.optim.lr_scheduler
-    if kind == 'onecycle': return S.OneCycleLR(opt, max_lr=[g['lr'] for g in opt.param_groups], total_steps=steps)
+    if kind == 'onecycle':
+        return S.OneCycleLR(opt, max_lr=[g['lr'] for g in opt.param_groups], total_steps=steps)
     if kind == 'flat': return S.OneCycleLR(opt, max_lr=1e-2, total_steps=steps)
     if kind == 'cosine': return S.CosineAnnealingLR(opt, T_max=steps)
     if kind == 'linear': return S.LinearLR(opt, start_factor=1.0, end_factor=0.1, total_iters=steps)
@@ -50,7 +51,8 @@ class Tiny(pl.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.AdamW(param_groups(self.net, 1e-2, decay=0.5, wd=self.wd))
         sched = schedule(self.kind, opt, self.steps)
-        return opt if sched is None else dict(optimizer=opt, lr_scheduler=dict(scheduler=sched, interval='step'))
+        if sched is None: return opt
+        return dict(optimizer=opt, lr_scheduler=dict(scheduler=sched, interval='step'))
 
 
 def loader(n: int = 16, bs: int = 4) -> DataLoader:
