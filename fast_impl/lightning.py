@@ -5,22 +5,13 @@ from __future__ import annotations
 
 __all__ = ['GroupMonitor', 'GradualUnfreezing']
 
-import math, warnings
+import warnings
 
 from lightning.pytorch.callbacks import Callback
 from torch.nn.parallel import DistributedDataParallel
 
 from .checks import check_count
-from .optim import GroupFreezer, GroupTracker
-
-
-def stat_logs(rows) -> dict[str, float]:
-    "`GroupTracker` rows as log keys by group name: `lr/head`, `grad_norm/head`, `update_ratio/head` (no NaN)"
-    out = {}
-    for _, _, name, *vals in rows:
-        for key, v in zip(('lr', 'grad_norm', 'update_ratio'), vals):
-            if not math.isnan(v): out[f'{key}/{name}'] = v
-    return out
+from .optim import GroupFreezer, GroupTracker, group_logs
 
 
 class GroupMonitor(Callback):
@@ -51,7 +42,7 @@ class GroupMonitor(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         rows = self.tracker.after()
-        if rows: pl_module.log_dict(stat_logs(rows), on_step=True, on_epoch=False)
+        if rows: pl_module.log_dict(group_logs(rows), on_step=True, on_epoch=False)
 
     @property
     def df(self):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ['param_groups', 'group_rates', 'no_decay_params', 'is_norm', 'GroupTracker', 'plot_group_stats',
            'FlatRatesWarning', 'flattened_rates', 'warn_flattened', 'layer_groups', 'group_colors',
-           'GroupFreezer']
+           'GroupFreezer', 'group_logs']
 
 import contextlib, fnmatch, math, numbers, re, warnings
 
@@ -134,7 +134,7 @@ def flattened_rates(groups) -> str | None:
 def warn_flattened(groups, warned: bool = False) -> bool:
     """Warn (`FlatRatesWarning`) when `flattened_rates(groups)` finds flattened rates, unless `warned`;
     returns whether a warning was given now or before:
-    `self._warned = warn_flattened(groups, self._warned)`"""
+    `self.warned = warn_flattened(groups, self.warned)`"""
     if warned: return True
     msg = flattened_rates(groups)
     if msg: warnings.warn(msg, FlatRatesWarning, stacklevel=3)
@@ -165,7 +165,7 @@ class GroupTracker:
 
     def __init__(self, optimizer, every: int = 1):
         self.opt, self.every, self.rows, self.n = optimizer, check_count(every, 'every'), [], 0
-        self._on = self._warned = False
+        self._on = self.warned = False
 
     def _groups(self) -> list[tuple[str, list[nn.Parameter], float]]:
         "(name, parameters, lr) per layer group of the optimizer"
@@ -179,7 +179,7 @@ class GroupTracker:
         self.n += 1
         if not self._on: return
         if hypers is None and self.opt is not None: hypers = self.opt.param_groups
-        if hypers is not None: self._warned = warn_flattened(hypers, self._warned)
+        if hypers is not None: self.warned = warn_flattened(hypers, self.warned)
         self._now = groups if groups is not None else self._groups()
         self._grad, self._prev, self._w = [], [], []
         for _, ps, _ in self._now:
@@ -219,6 +219,15 @@ class GroupTracker:
     def plot(self, figsize=(11, 3)):
         "Learning rate, gradient norm and update ratio per group against the step (log scale); the Figure"
         return plot_group_stats(self.df, figsize)
+
+
+def group_logs(rows) -> dict[str, float]:
+    "`GroupTracker` rows as log keys by group name: `lr/head`, `grad_norm/head`, `update_ratio/head` (no NaN)"
+    out = {}
+    for _, _, name, *vals in rows:
+        for key, v in zip(('lr', 'grad_norm', 'update_ratio'), vals):
+            if not math.isnan(v): out[f'{key}/{name}'] = v
+    return out
 
 
 def _norm(ts: list[torch.Tensor]) -> float:
