@@ -95,3 +95,6 @@ class GradualUnfreezing(Callback):
 
     def on_fit_end(self, trainer, pl_module):
         self.freezer.restore()
+
+    def on_exception(self, trainer, pl_module, exception):
+        if self.freezer is not None: self.freezer.restore()

@@ -280,10 +280,11 @@ class GroupFreezer:
     """ULMFiT's gradual unfreezing over the layer groups of `optimizer` (as `param_groups` made them), for any
     loop or trainer: `set(epoch)` trains the head group first, then `step` more groups every
     `epochs_per_phase` epochs, until every group trains; `restore()` undoes it. A frozen parameter gets no
-    gradient (`requires_grad=False`), so every torch optimizer leaves it bit-for-bit unchanged, weight decay
-    included; batch norms wholly inside frozen groups stop updating their running statistics (as Lightning's
-    `BaseFinetuning`). `drop_grads=True` keeps `requires_grad` and needs `drop()` after each backward instead
-    (for DDP without `find_unused_parameters`, see `fast_impl.lightning.GradualUnfreezing`)."""
+    gradient (`requires_grad=False`), so torch optimizers leave it bit-for-bit unchanged (weight decay too);
+    a batch norm wholly inside frozen groups runs in eval mode, on its running statistics: the frozen group
+    computes the same function in training and evaluation, and its statistics stay as they were (a pretrained
+    body's). `drop_grads=True` keeps `requires_grad` and needs `drop()` after each backward instead (DDP
+    without `find_unused_parameters`, see `fast_impl.lightning.GradualUnfreezing`)."""
 
     def __init__(self, optimizer, epochs_per_phase: int = 1, step: int = 1, model=None, drop_grads=False):
         if not any('group' in g for g in optimizer.param_groups):
@@ -295,7 +296,7 @@ class GroupFreezer:
                              f"{len(named)}: param_groups(model, lr, groups='stages', 'blocks' or a number)")
         self.names, self.groups = [n for n, _, _ in named], [ps for _, ps, _ in named]
         self.every, self.step = check_count(epochs_per_phase, 'epochs_per_phase'), check_count(step, 'step')
-        self.drop_grads, self.n_frozen = drop_grads, 0
+        self.drop_grads, self.n_frozen, self._hooks = drop_grads, 0, {}
         self._grad = {id(p): p.requires_grad for ps in self.groups for p in ps}
         self._norms = _norms_by_params(model, self.groups) if model is not None else []
 
@@ -313,8 +314,15 @@ class GroupFreezer:
         self.n_frozen = k = self.frozen_at(epoch)
         for i, ps in enumerate(self.groups):
             for p in ps: p.requires_grad_(self._grad[id(p)] and (i >= k or self.drop_grads))
-        for m, i in self._norms: m.track_running_stats = i >= k
+        for m, i in self._norms: self._eval_norm(m, i < k)
         return k
+
+    def _eval_norm(self, m: nn.Module, frozen: bool) -> None:
+        "Run `m`'s forward in eval mode while `frozen` (hooks: trainers call `model.train()` at will)"
+        if frozen and m not in self._hooks:
+            self._hooks[m] = (m.register_forward_pre_hook(_eval_on), m.register_forward_hook(_eval_off))
+        elif not frozen and m in self._hooks:
+            for h in self._hooks.pop(m): h.remove()
 
     def drop(self) -> None:
         "With `drop_grads`: forget the frozen groups' gradients (call after backward, before the step)"
@@ -322,19 +330,30 @@ class GroupFreezer:
             for p in ps: p.grad = None
 
     def restore(self) -> None:
-        "Every group trains again (`requires_grad` as it was before, norms track their statistics)"
+        "Every group trains again: `requires_grad` as it was, norms without their hooks"
         self.n_frozen = 0
         for ps in self.groups:
             for p in ps: p.requires_grad_(self._grad[id(p)])
-        for m, _ in self._norms: m.track_running_stats = True
+        for m in list(self._hooks):
+            for h in self._hooks.pop(m): h.remove()
+
+
+def _eval_on(m: nn.Module, args) -> None:
+    "Forward pre-hook: `m` runs in eval mode, its mode kept for `_eval_off`"
+    m._fast_impl_mode, m.training = m.training, False
+
+
+def _eval_off(m: nn.Module, args, out) -> None:
+    "Forward hook: `m` back in the mode it had before `_eval_on`"
+    m.training = m.__dict__.pop('_fast_impl_mode', m.training)
 
 
 def _norms_by_params(model: nn.Module, groups) -> list[tuple[nn.Module, int]]:
-    "(batch norm, its group) per batch norm of `model` that tracks statistics, its parameters in one group"
+    "(batch norm, its group) per batch norm of `model` with its parameters in one group"
     where = {id(p): i for i, ps in enumerate(groups) for p in ps}
     out = []
     for m in unwrap(model).modules():
         own = {where.get(id(p)) for p in m.parameters(recurse=False)}
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and len(own) == 1 \
-                and None not in own: out.append((m, own.pop()))
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and len(own) == 1 and None not in own:
+            out.append((m, own.pop()))
     return out
