@@ -128,7 +128,8 @@ def flattened_rates(groups) -> str | None:
             f"{max(scales):.3g}x the head's all train at lr={lrs[0]:.3g}: a scheduler given one rate "
             f"flattened them. Give it one rate per group, e.g. "
             f"OneCycleLR(opt, max_lr=[g['lr'] for g in opt.param_groups], ...) (CyclicLR: base_lr and "
-            f"max_lr lists); LambdaLR, cosine, linear and timm schedules keep the ratios")
+            f"max_lr lists; fastai: lr_max=slice(lo, hi) or a list); LambdaLR, cosine, linear and timm "
+            f"schedules keep the ratios")
 
 
 def warn_flattened(groups, warned: bool = False) -> bool:
