@@ -289,3 +289,30 @@ def test_plot_colours_thirty_groups_by_depth():
     assert labels[0] == 'stem' and labels[-1] == 'head'
     small = plot_group_stats(df[df.group < 4])  # few groups: a legend outside the axes, no colorbar
     assert len(small.axes) == 3 and [t.get_text() for t in small.legends[0].get_texts()] == names[:4]
+
+
+def test_group_freezer_plain_loop_phases_and_frozen_norms():
+    "GroupFreezer in a plain loop: head first, one more group per phase; frozen groups and norms unchanged"
+    from fast_impl.optim import GroupFreezer
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                      nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                      nn.Flatten(), nn.Linear(8, 2))
+    opt = torch.optim.AdamW(param_groups(m, 1e-2, wd=0.1))
+    fr = GroupFreezer(opt, epochs_per_phase=2, model=m)
+    assert fr.names == ['stem', 'stage 1', 'head'] and fr.epochs_needed == 6
+    assert [fr.frozen_at(e) for e in range(7)] == [2, 2, 1, 1, 0, 0, 0]
+    for epoch in range(6):
+        fr.set(epoch)
+        before = [[p.detach().clone() for p in ps] for ps in fr.groups]
+        stats = m[1].running_mean.clone()
+        m.train()
+        for _ in range(2):
+            opt.zero_grad(); m(torch.rand(4, 3, 8, 8)).sum().backward(); opt.step()
+        moved = [not all(torch.equal(a, p) for a, p in zip(b, ps)) for b, ps in zip(before, fr.groups)]
+        assert moved == [i >= fr.frozen_at(epoch) for i in range(3)], epoch
+        assert torch.equal(stats, m[1].running_mean) == (epoch < 4) and m[1].training
+    fr.restore()
+    assert all(p.requires_grad for p in m.parameters()) and not m[1]._forward_pre_hooks
+    with pytest.raises(ValueError, match=r'AdamW\(param_groups\(model, lr\)\)'):
+        GroupFreezer(torch.optim.SGD(m.parameters(), lr=0.1))
