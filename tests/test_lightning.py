@@ -120,7 +120,8 @@ class Snapshots(pl.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         drop = trainer.callbacks[0].freezer.drop_grads
-        if self.path: torch.save((self.seen, drop), f'{self.path}/rank{trainer.global_rank}.pt')
+        mon = [c.df for c in trainer.callbacks if isinstance(c, GroupMonitor)]
+        if self.path: torch.save((self.seen, drop, mon), f'{self.path}/rank{trainer.global_rank}.pt')
 
 
 def same(a, b) -> bool:
@@ -160,11 +161,15 @@ def test_gradual_unfreezing_warns_when_too_few_epochs_and_needs_param_groups(tmp
 def test_gradual_unfreezing_two_ddp_processes(strategy, tmp_path):
     "Dropped gradients (plain DDP) or requires_grad (find_unused_parameters): the same schedule on both ranks"
     trainer = pl.Trainer(max_epochs=3, accelerator='cpu', devices=2, strategy=strategy, logger=False,
-                         callbacks=[GradualUnfreezing(), Snapshots(tmp_path)], enable_progress_bar=False,
+                         callbacks=[GradualUnfreezing(), Snapshots(tmp_path), GroupMonitor(every=1)],
+                         log_every_n_steps=1, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(Tiny(wd=0.1), loader(32))  # 4 batches per rank and epoch
-    (r0, drop), (r1, _) = (torch.load(tmp_path / f'rank{r}.pt') for r in (0, 1))
+    (r0, drop, [df]), (r1, _, _) = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in (0, 1))
     assert drop == (strategy == 'ddp_fork')  # plain DDP: gradients dropped; else requires_grad=False
+    # the monitor sees frozen groups as such (no gradient) in both modes: 2, 1, 0 per step in epochs 0, 1, 2
+    frozen = df.groupby('step').grad_norm.apply(lambda g: g.isna().sum()).tolist()
+    assert frozen == [2] * 4 + [1] * 4 + [0] * 4
     check_unfreezing(r0)
     check_unfreezing(r1)
     for (g0, _, _), (g1, _, _) in zip(r0, r1):  # the ranks stay identical
