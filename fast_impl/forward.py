@@ -6,7 +6,7 @@ links and feature-map sizes."""
 from __future__ import annotations
 
 __all__ = ['ForwardError', 'Call', 'Trace', 'Recording', 'record', 'run', 'trace', 'first_use_order',
-           'CONVENTION']
+           'eval_hooks', 'CONVENTION']
 
 import warnings
 from collections import defaultdict
@@ -291,6 +291,20 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         yield
+
+
+def eval_hooks(m: nn.Module) -> tuple:
+    "Hooks running `m`'s forward in eval mode whatever its `training` flag (trainers call `train()` at will)"
+    # for a frozen batch norm: the same function in training and evaluation, its statistics kept
+    return m.register_forward_pre_hook(_eval_on), m.register_forward_hook(_eval_off)
+
+
+def _eval_on(m: nn.Module, args) -> None:
+    m._fast_impl_mode, m.training = m.training, False
+
+
+def _eval_off(m: nn.Module, args, out) -> None:
+    m.training = m.__dict__.pop('_fast_impl_mode', m.training)
 
 
 def _adjacent(norm_of: dict[str, str], order: list[str]) -> dict[str, str]:

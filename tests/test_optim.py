@@ -224,3 +224,95 @@ def test_optim_imports_no_fastai():
     code = ("import sys, fast_impl.optim, fast_impl.split; from fast_impl import param_groups; "
             "assert 'fastai' not in sys.modules, 'fastai imported'")
     subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def _three_groups():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    return m, torch.optim.AdamW(param_groups(m, 1e-2, groups=3, decay=0.5, wd=0.1))
+
+
+def _run(m, opt, tr, sched, steps=3):
+    for _ in range(steps):
+        opt.zero_grad(); m(torch.rand(3, 4)).sum().backward()
+        with tr.step(): opt.step()
+        sched.step()
+
+
+def test_flattened_rates_warn_once_naming_the_fix():
+    from fast_impl.optim import FlatRatesWarning, flattened_rates
+    m, opt = _three_groups()
+    assert flattened_rates(opt.param_groups) is None  # param_groups' own rates: 2.5e-3, 5e-3, 1e-2
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=10)  # what most people write
+    with pytest.warns(FlatRatesWarning) as rec: _run(m, opt, GroupTracker(opt), sched)
+    assert len(rec) == 1
+    msg = str(rec[0].message)
+    assert "3 layer groups" in msg and "max_lr=[g['lr'] for g in opt.param_groups]" in msg
+    m, opt = _three_groups()  # the fix: one rate per group, ratios kept at every step
+    lrs = [g['lr'] for g in opt.param_groups]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lrs, total_steps=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        tr = GroupTracker(opt)
+        _run(m, opt, tr, sched)
+    for _, d in tr.df.groupby('step'): assert np.allclose(d.lr.to_numpy() / d.lr.iloc[-1], [0.25, 0.5, 1])
+
+
+def test_flattened_rates_ignores_equal_scales_zero_rates_and_plain_groups():
+    from fast_impl.optim import flattened_rates
+    g = lambda lr, s, i: dict(params=[], lr=lr, lr_scale=s, group=i)
+    assert flattened_rates([g(1e-3, 1, 0), g(1e-3, 1, 1)]) is None  # decay=1: equal by design
+    assert flattened_rates([g(0., .5, 0), g(0., 1, 1)]) is None  # warm-up's first step: every rate 0
+    assert flattened_rates([dict(params=[], lr=1e-3), dict(params=[], lr=1e-3)]) is None  # not param_groups'
+    assert '2 layer groups' in flattened_rates([g(1e-3, .5, 0), g(1e-3, .5, 0), g(1e-3, 1, 1)])
+
+
+def test_plot_colours_thirty_groups_by_depth():
+    "30 groups: 30 distinct colours, darkest at the stem, lighter at every step to the head; a colorbar"
+    import matplotlib; matplotlib.use('Agg')
+    import pandas as pd
+    from matplotlib.colors import to_rgb
+    from fast_impl.optim import plot_group_stats
+    names = ['stem'] + [f'block {i}' for i in range(1, 29)] + ['head']
+    df = pd.DataFrame([(s, i, n, 1e-3 * (i + 1), 1., .01) for s in range(3) for i, n in enumerate(names)],
+                      columns=GroupTracker.columns)
+    fig = plot_group_stats(df)
+    lines = fig.axes[0].lines
+    assert [ln.get_label() for ln in lines] == names
+    rgb = [to_rgb(ln.get_color()) for ln in lines]
+    assert len(set(rgb)) == 30
+    lum = [0.2126 * r + 0.7152 * g + 0.0722 * b for r, g, b in rgb]
+    assert all(a < b for a, b in zip(lum, lum[1:]))  # viridis: lightness rises monotonically stem -> head
+    bar = fig.axes[3]  # the colorbar, outside the three plots
+    assert bar.get_position().x0 > fig.axes[2].get_position().x1
+    labels = [t.get_text() for t in bar.get_yticklabels()]
+    assert labels[0] == 'stem' and labels[-1] == 'head'
+    small = plot_group_stats(df[df.group < 4])  # few groups: a legend outside the axes, no colorbar
+    assert len(small.axes) == 3 and [t.get_text() for t in small.legends[0].get_texts()] == names[:4]
+
+
+def test_group_freezer_plain_loop_phases_and_frozen_norms():
+    "GroupFreezer in a plain loop: head first, one more group per phase; frozen groups and norms unchanged"
+    from fast_impl.optim import GroupFreezer
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                      nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                      nn.Flatten(), nn.Linear(8, 2))
+    opt = torch.optim.AdamW(param_groups(m, 1e-2, wd=0.1))
+    fr = GroupFreezer(opt, epochs_per_phase=2, model=m)
+    assert fr.names == ['stem', 'stage 1', 'head'] and fr.epochs_needed == 6
+    assert [fr.frozen_at(e) for e in range(7)] == [2, 2, 1, 1, 0, 0, 0]
+    for epoch in range(6):
+        fr.set(epoch)
+        before = [[p.detach().clone() for p in ps] for ps in fr.groups]
+        stats = m[1].running_mean.clone()
+        m.train()
+        for _ in range(2):
+            opt.zero_grad(); m(torch.rand(4, 3, 8, 8)).sum().backward(); opt.step()
+        moved = [not all(torch.equal(a, p) for a, p in zip(b, ps)) for b, ps in zip(before, fr.groups)]
+        assert moved == [i >= fr.frozen_at(epoch) for i in range(3)], epoch
+        assert torch.equal(stats, m[1].running_mean) == (epoch < 4) and m[1].training
+    fr.restore()
+    assert all(p.requires_grad for p in m.parameters()) and not m[1]._forward_pre_hooks
+    with pytest.raises(ValueError, match=r'AdamW\(param_groups\(model, lr\)\)'):
+        GroupFreezer(torch.optim.SGD(m.parameters(), lr=0.1))

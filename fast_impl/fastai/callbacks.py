@@ -66,8 +66,9 @@ class GroupStats(Callback):
     def before_step(self):
         if not self.training: return
         opt = self.learn.opt
-        self.tracker.before([(name, ps, h.get('lr', float('nan')))
-                             for name, ps, h in zip(self._names, opt.param_lists, opt.hypers)])
+        named = zip(self._names, opt.param_lists, opt.hypers)
+        self.tracker.before([(name, ps, h.get('lr', float('nan'))) for name, ps, h in named],
+                            hypers=opt.hypers)
 
     def after_step(self):
         if self.training: self.tracker.after()
