@@ -325,11 +325,11 @@ def named_at(model, paths, head=None) -> list[tuple[str, list[nn.Parameter]]]:
     heads = {n for b in p.head for n in b.params} if p else set()
     seq = [n for n in ix.sequence if n not in heads]
     at = {n: i for i, n in enumerate(seq)}
-    bounds = sorted({_cut_at(ix, c, at) for c in cuts})
+    bounds = _bounds(ix, cuts, at)
     groups = [seq[a:b] for a, b in zip([0] + bounds, bounds + [len(seq)])]
     starts = ['the start'] + [repr(c) for c in cuts]
     empty = [f'{s} to the next cut' for g, s in zip(groups, starts) if not g]
-    if empty or len(bounds) < len(set(cuts)):
+    if empty or len(set(bounds)) < len(bounds):
         raise GroupError(f"cuts at {cuts} leave empty groups; "
                          "cut only where parameters follow, in forward order")
     tail = [n for n in ix.weights if n not in at]
@@ -337,6 +337,19 @@ def named_at(model, paths, head=None) -> list[tuple[str, list[nn.Parameter]]]:
     names = [f'group {i + 1}' for i in range(len(groups))]
     if tail: names[-1] = 'head'
     return list(zip(names, _to_params(Plan(ix.model, [], 'at', ix), groups)))
+
+
+def _bounds(ix: Index, cuts: list[str], at: dict[str, int]) -> list[int]:
+    "Where each cut falls in `at`, checked: no cut given twice, the cuts in forward order"
+    dup = list(dict.fromkeys(c for i, c in enumerate(cuts) if c in cuts[:i]))
+    if dup: raise GroupError(f"split_at: cut {', '.join(map(repr, dup))} given twice; give each cut once")
+    pos = [_cut_at(ix, c, at) for c in cuts]
+    late = [(a, b) for (a, i), (b, j) in zip(zip(cuts, pos), zip(cuts[1:], pos[1:])) if j < i]
+    if late:
+        order = [c for _, c in sorted(zip(pos, cuts), key=lambda x: x[0])]
+        raise GroupError(f"split_at: cut {late[0][1]!r} runs before {late[0][0]!r}, out of forward order; "
+                         f"give the cuts in order: {order}")
+    return pos
 
 
 def _cut_at(ix: Index, cut: str, at: dict[str, int]) -> int:
