@@ -55,14 +55,16 @@ def named_stages(model, head=None) -> list[tuple[str, list[nn.Parameter]]]:
 
 
 def _stage_names(p: Plan) -> list[str]:
-    "The name of each `split_stages` group of `p`: the stem, stages counted from 1, the head"
+    "The name of each `split_stages` group of `p`: the stem, stages counted from 1, decoder(s), the head"
     names, key = [], None
     for b in p.blocks:
         k = ('head',) if b.role == 'head' else (b.stage,)
         if k != key:
             body = sum(n.startswith('stage') for n in names) + 1
-            names.append(b.role if b.role in ('stem', 'head') else f'stage {body}')
+            names.append(b.role if b.role in ('stem', 'head', 'decoder') else f'stage {body}')
         key = k
+    dec = [i for i, n in enumerate(names) if n == 'decoder']
+    for j, i in enumerate(dec if len(dec) > 1 else []): names[i] = f'decoder {j + 1}'
     return names
 
 
@@ -83,8 +85,12 @@ def named_blocks(model, head=None) -> list[tuple[str, list[nn.Parameter]]]:
     body = [list(b.params) for b in p.body if b.role != 'stem']
     tail = [q for b in p.head for q in b.params]
     if body and tail:  # the final norm: trailing norm layers of the last block, outside its first module
-        last, mods, first = body[-1], dict(p.index.modules), p.body[-1].modules[0]
+        last, mods, w = body[-1], dict(p.index.modules), p.index.weights
+        # the block's own module: the one holding most of its weights
+        first = max(p.body[-1].modules, key=lambda m: sum(w[q] for q in last if under(q, m)))
+        linked = p.index.trace.norm_of if p.index.trace is not None else {}
         while len(last) > 1 and is_norm(mods[owner(last[-1])]) and not under(last[-1], first):
+            if any(owner(q) == linked.get(owner(last[-1])) for q in last): break  # a norm stays with its layer
             tail.insert(0, last.pop())
     groups = [g for g in [stem] + body + [tail] if g]
     names = ((['stem'] if stem else []) + [f'block {i + 1}' for i in range(len(body))]

@@ -152,6 +152,12 @@ def _embeddings_in_stem(blocks: list[Block], ix: Index) -> list[Block]:
     return _move(early, stem, blocks, ix)
 
 
+def _opens(b: Block, norm: list[str], rank: dict[str, int]) -> bool:
+    "True when `norm` opens block `b`, an encoder layer never cut (pre-activation: the norm stays in it)"
+    return b.whole and min((rank[p] for p in b.params if p in rank), default=-1) == min(
+        (rank[p] for p in norm if p in rank), default=-2)
+
+
 def norms_with_layers(blocks: list[Block], ix: Index) -> list[Block]:
     "Rule 3: each norm's parameters into the block of the conv or linear layer whose output it normalises"
     if ix.trace is None: return blocks
@@ -161,7 +167,7 @@ def norms_with_layers(blocks: list[Block], ix: Index) -> list[Block]:
         lps, nps = ix.held_by(layer), [p for p in ix.held_by(norm) if p in where]
         to = where.get(lps[0]) if lps else None
         move = [p for p in nps if where[p] is not to]
-        if to is None or not move: continue
+        if to is None or not move or _opens(where[move[0]], move, rank): continue
         # a layer shared with an earlier place: moving would break forward order
         after = blocks[blocks.index(to) + 1:]
         if min((rank[q] for b in after for q in b.params if q in rank and q not in move), default=len(rank)) \
