@@ -91,8 +91,8 @@ def _layers(m) -> list[str]:
     out = []
     for name, c in m.named_modules():
         if not isinstance(c, (nn.ModuleList, nn.Sequential)) or len(c) < 2: continue
-        kinds = {type(x) for x in c}
-        if len(kinds) == 1: out += [f'{name}.{i}' for i, x in enumerate(c) if mats(x) >= 2]
+        least = 1 if len({type(x) for x in c}) == 1 else 2  # a mixed container: its blocks
+        out += [f'{name}.{i}' for i, x in enumerate(c) if mats(x) >= max(least, 2)]
     return [n for n in out if not any(o != n and o.startswith(n + '.') for o in out)]
 
 
@@ -172,7 +172,7 @@ def _split(row: Row, m) -> None:
 def _wd_tokens(m, groups: list[dict]) -> str:
     "The first token, position embedding or layer scale that gets weight decay"
     import re
-    rx = re.compile(r'(token|position|pos_embed|bias_table|lambda_|layer_scale|layerscale)')
+    rx = re.compile(r'(_tokens?$|^tokens?$|position|pos_embed|bias_table|lambda_|layer_scale|layerscale)')
     decayed = {id(q) for g in groups if g['weight_decay'] > 0 for q in g['params']}
     return next((n for n, q in m.named_parameters() if id(q) in decayed and rx.search(n)), '')
 

@@ -165,14 +165,15 @@ def dense_tail(ix: Index, blocks: list[Block], end: int) -> None:
 def hf_blocks(ix: Index, headless: bool) -> list[Block] | None:
     "Blocks of a Hugging Face model: embeddings (stem), encoder stages, decoder, head; None for other models"
     model = ix.model
-    if not is_hf(model) or ix.trace is None: return None
+    if not is_hf(model): return None  # without a forward pass: registration order (the plan warns)
     layers = encoder_layers(model)
     if not layers: return None
     blocks = runs(ix, units(ix, layers), set(layers))
     base = _base(model)
+    if base and blocks and not under(blocks[0].params[0], base): base = None  # a base model runs first
     inside = lambda b: base is None or under(b.params[0], base)
     end = next((i for i, b in enumerate(blocks) if not inside(b)), len(blocks))
-    late = set(ix.trace.late)
+    late = set(ix.trace.late) if ix.trace is not None else set()
     while end and base is None and set(blocks[end - 1].params) <= late: end -= 1
     first = next((i for i, b in enumerate(blocks[:end]) if _deep(ix, b)), None)
     if first is None: return None
@@ -193,14 +194,19 @@ def _merge(blocks: list[Block]) -> list[Block]:
             continue
         if pending and b.whole and fits(pending[0], b):
             b.params, b.modules = [p for x in pending for p in x.params] + b.params, _mods(pending + [b])
-        else: out += pending
+        else: _close(out, pending)
         pending = []
         out.append(b)
+    _close(out, pending)
+    return out
+
+
+def _close(out: list[Block], pending: list[Block]) -> None:
+    "Plain blocks ending a stage: into the encoder layer before them in that stage, else blocks of their own"
     for b in pending:
-        if out and out[-1].whole and fits(out[-1], b):
+        if out and out[-1].whole and out[-1].stage == b.stage and out[-1].role == b.role:
             out[-1].params, out[-1].modules = out[-1].params + b.params, _mods([out[-1], b])
         else: out.append(b)
-    return out
 
 
 def _mods(blocks: list[Block]) -> list[str]: return list(dict.fromkeys(m for b in blocks for m in b.modules))
