@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ['Row', 'hf_names', 'sweep_one', 'sweep', 'summary', 'render', 'main']
 
-import argparse, multiprocessing as mp, os, pathlib, signal, sys, time, warnings
+import argparse, math, multiprocessing as mp, os, pathlib, signal, sys, time, warnings
 from dataclasses import dataclass
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -105,6 +105,14 @@ def _cut(m, names: list[list[str]]) -> str:
     return ''
 
 
+def _changes(sizes: list[tuple[int, ...]]) -> list[int]:
+    "Resolutions as positions (56x56 map = 3136 tokens), a class or register token or two not counted"
+    out = []
+    for a in (math.prod(s) for s in sizes):
+        if not out or not (a < 1.2 * out[-1] and out[-1] < 1.2 * a): out.append(a)
+    return out
+
+
 def _timeout(*_): raise TimeoutError('over the time limit')
 
 
@@ -154,7 +162,7 @@ def _split(row: Row, m) -> None:
         row.norm_split = bad[0][:150] if bad else ''
         # stages only: decoders run on maps that shrink and grow by design
         over = [st[i + 1][0] for i, rs in enumerate(body_resolutions(p, ns))
-                if len(rs) > 2 and st[i + 1][0].startswith('stage')]
+                if len(_changes(rs)) > 2 and st[i + 1][0].startswith('stage')]
         row.res_over = over[0] if over else ''
     row.layer_cut = _cut(m, ns) or _cut(m, nb)
     row.n_blocks = sum(n.startswith('block') for n, _ in bl)

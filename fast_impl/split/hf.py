@@ -124,9 +124,13 @@ def stage_layers(ix: Index, blocks: list[Block], depths: list[int]) -> list[int]
             cut.append((cut[-1] if cut else -1) + (not cut or not _same(a, last)))
             last = a or last
     stage, out = {i: c + 1 for i, c in zip(lays, cut)}, []
-    for i in range(len(blocks)):
-        nxt = next((stage[j] for j in lays if j >= i), None)
-        out.append(nxt if nxt is not None else stage[lays[-1]] if lays else 1)
+    for i, b in enumerate(blocks):
+        nxt = next((j for j in lays if j >= i), None)
+        prev = next((j for j in reversed(lays) if j < i), None)
+        a = area(ix, b)
+        # a plain block at the next layer's resolution (a downsample) starts its stage, else it ends the last
+        down = nxt is not None and (prev is None or a is None or _same(a, area(ix, blocks[nxt])))
+        out.append(stage[nxt] if down else stage[prev] if prev is not None else 1)
     return out
 
 

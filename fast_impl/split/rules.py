@@ -143,7 +143,8 @@ def _embeddings_in_stem(blocks: list[Block], ix: Index) -> list[Block]:
     "Rule 4: tokens held above the blocks (by a module with children), used before the first body block: stem"
     body, rank, mods = [b for b in blocks if b.role != 'head'], ix.rank, dict(ix.modules)
     if not body: return blocks
-    loose = lambda p: any(True for _ in mods[owner(p)].children())
+    # a norm with an activation inside (BiT's GroupNormActivation) holds no token
+    loose = lambda p: any(True for _ in mods[owner(p)].children()) and not is_norm(mods[owner(p)])
     rest = [p for b in body if b.stage != body[0].stage for p in b.params]
     start = min((rank[p] for p in rest if p in rank and not loose(p)), default=None)
     if start is None: return blocks
