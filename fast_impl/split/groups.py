@@ -141,8 +141,23 @@ def _timm_blocks(model: nn.Module, head) -> list[tuple[str, list[nn.Parameter]]]
     # the head: the classifier's group (timm puts what its matcher misses there), or the modules `head` names
     clf, own = _classifier_params(body), dict(ix.params)
     has_head = order[-1] == last or any(id(own[n]) in clf for n in groups[-1])
+    if has_head and len(groups) > 2: groups = _on_map_to_body(groups, ix, {n for n in own if id(own[n]) in clf})
     names = ['stem'] + [f'block {i}' for i in range(1, len(groups) - has_head)] + ['head'] * has_head
     return list(zip(names, _to_params(Plan(model, [], 'timm', ix), groups)))
+
+
+def _on_map_to_body(groups: list[list[str]], ix: Index, clf: set[str]) -> list[list[str]]:
+    """Rule 2 on timm's head group: its layers that still run on the feature map (efficientvit's `head.in_conv`,
+    with their norms) join the last block, as under `split_stages`; the final norm stays (BEiT-style decay)"""
+    tr = ix.trace
+    if tr is None or tr.head_from is None: return groups
+    mods, late = dict(ix.modules), set(tr.late)
+    early = lambda n: n in tr.rank and n not in late and n not in clf
+    layers = {owner(n) for n in groups[-1] if early(n) and not is_norm(mods[owner(n)])}
+    norms = {m for m, lay in tr.norm_of.items() if lay in layers}
+    move = [n for n in groups[-1] if early(n) and (owner(n) in layers or owner(n) in norms)]
+    if not move: return groups
+    return groups[:-2] + [groups[-2] + move, [n for n in groups[-1] if n not in set(move)]]
 
 
 def _warn_one(p: Plan) -> None:

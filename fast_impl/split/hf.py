@@ -4,7 +4,7 @@ from its module tree, its config's stage depths and one forward pass."""
 from __future__ import annotations
 
 __all__ = ['hf_blocks', 'is_hf', 'hf_input_size', 'encoder_layers', 'config_depths', 'units', 'runs',
-           'area', 'stage_layers', 'dense_tail']
+           'area', 'stage_layers', 'dense_tail', 'same_resolution']
 
 import math
 
@@ -103,7 +103,7 @@ def _deep(ix: Index, b: Block) -> bool:
     return b.whole and sum(p.endswith('weight') and ix.model.get_parameter(p).ndim >= 2 for p in b.params) >= 2
 
 
-def _same(a: int | None, b: int | None) -> bool:
+def same_resolution(a: int | None, b: int | None) -> bool:
     "One resolution: equal up to a few tokens (class, distillation or register tokens beside the patches)"
     return a is None or b is None or max(a, b) < 1.2 * min(a, b)
 
@@ -117,11 +117,11 @@ def stage_layers(ix: Index, blocks: list[Block], depths: list[int]) -> list[int]
     if len(depths) > 1 and sum(depths) == len(lays):
         bounds = {sum(depths[:k]) for k in range(len(depths))}
         cut = [sum(j <= k for j in bounds) - 1 for k in range(len(lays))]
-    elif all(_same(a, b) for a in areas for b in areas): cut = list(range(len(lays)))
+    elif all(same_resolution(a, b) for a in areas for b in areas): cut = list(range(len(lays)))
     else:
         cut, last = [], None
         for a in areas:
-            cut.append((cut[-1] if cut else -1) + (not cut or not _same(a, last)))
+            cut.append((cut[-1] if cut else -1) + (not cut or not same_resolution(a, last)))
             last = a or last
     stage, out = {i: c + 1 for i, c in zip(lays, cut)}, []
     for i, b in enumerate(blocks):
@@ -129,7 +129,7 @@ def stage_layers(ix: Index, blocks: list[Block], depths: list[int]) -> list[int]
         prev = next((j for j in reversed(lays) if j < i), None)
         a = area(ix, b)
         # a plain block at the next layer's resolution (a downsample) starts its stage, else it ends the last
-        down = nxt is not None and (prev is None or a is None or _same(a, area(ix, blocks[nxt])))
+        down = nxt is not None and (prev is None or a is None or same_resolution(a, area(ix, blocks[nxt])))
         out.append(stage[nxt] if down else stage[prev] if prev is not None else 1)
     return out
 

@@ -69,7 +69,24 @@ def timm_blocks(ix: Index, headless: bool) -> list[Block] | None:
     last = len(cg) - 1
     blocks = [Block(g, span(g), 'head' if stage_of[g[0]] == last and (rest or head & set(g)) else
                     'stem' if stage_of[g[0]] == 0 else 'body', stage_of[g[0]]) for g, rest in fg]
-    return _stem_backbone(_pre_head(blocks, ix, head), ix)
+    return _stem_backbone(_by_resolution(_pre_head(blocks, ix, head), ix), ix)
+
+
+def _by_resolution(blocks: list[Block], ix: Index) -> list[Block]:
+    "Rule 6: coarse stages of one block each (Hiera's) that run at several resolutions: one stage per resolution"
+    from .hf import area, same_resolution
+    body = [b for b in blocks if b.role == 'body']
+    stages = [b.stage for b in body]
+    if len(body) < 2 or len(set(stages)) != len(stages): return blocks
+    areas = [area(ix, b) for b in body]
+    if all(same_resolution(a, c) for a in areas for c in areas): return blocks
+    first, last, k = body[0].stage, None, 0
+    for b, a in zip(body, areas):
+        k += last is not None and not same_resolution(a, last)
+        b.stage, last = first + k, a or last
+    for b in blocks:
+        if b.role == 'head': b.stage = first + k + 1
+    return blocks
 
 
 def _stem_backbone(blocks: list[Block], ix: Index) -> list[Block]:
