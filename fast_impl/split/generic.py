@@ -180,6 +180,10 @@ def _stage_blocks(tree: _Tree, stage: list[str]) -> list[list[str]]:
 
 def generic_blocks(ix: Index, headless: bool) -> list[Block]:
     "Blocks from the module tree: the main run of repeated blocks (stages), stem before it, head after"
+    # an encoder-decoder (maps shrink, then grow to a dense output): backbone, decoder, head
+    from .hf import encoder_decoder_blocks
+    dense = encoder_decoder_blocks(ix, headless)
+    if dense: return dense
     w = ix.weights
     heads = [] if headless else _head_names(ix)
     tree = _Tree(ix, heads)
@@ -226,8 +230,11 @@ def _by_resolution(tree: _Tree, names: list[str], ix: Index) -> list[list[str]]:
 def _stem_stages(tree: _Tree, stem: list[str], ix: Index) -> tuple[list[str], list[list[str]]]:
     "The stem cut after its leading layers when it holds whole stages"
     # whole stages: heavy, several resolutions, or blocks in a sequence
+    if len(stem) == 1 and isinstance(tree.mods[stem[0]], CONTAINERS) and len(tree.kids(stem[0])) > 1:
+        stem = tree.kids(stem[0])  # one sequence of blocks (a CNN's `features` before an LSTM): its blocks
     lead = list(itertools.takewhile(lambda k: _layers(tree, k) <= 1, stem))
     rest = stem[len(lead):]
+    if not rest and len(lead) > 1: lead, rest = lead[:1], lead[1:]  # plain layers alone: cut at resolutions
     if not lead or not rest: return stem, []
     total = sum(tree.w[k] for k in tree.kids('')) or 1
     sizes = {r for r in (_resolution(tree, k, ix) for k in stem) if r}

@@ -4,7 +4,7 @@ from its module tree, its config's stage depths and one forward pass."""
 from __future__ import annotations
 
 __all__ = ['hf_blocks', 'is_hf', 'hf_input_size', 'encoder_layers', 'config_depths', 'units', 'runs',
-           'area', 'stage_layers', 'dense_tail', 'same_resolution']
+           'area', 'stage_layers', 'dense_tail', 'same_resolution', 'encoder_decoder_blocks']
 
 import math
 
@@ -123,14 +123,17 @@ def stage_layers(ix: Index, blocks: list[Block], depths: list[int]) -> list[int]
         for a in areas:
             cut.append((cut[-1] if cut else -1) + (not cut or not same_resolution(a, last)))
             last = a or last
-    stage, out = {i: c + 1 for i, c in zip(lays, cut)}, []
+    stage, out, last = {i: c + 1 for i, c in zip(lays, cut)}, [], None
     for i, b in enumerate(blocks):
         nxt = next((j for j in lays if j >= i), None)
         prev = next((j for j in reversed(lays) if j < i), None)
         a = area(ix, b)
-        # a plain block at the next layer's resolution (a downsample) starts its stage, else it ends the last
+        # a plain block at the next layer's resolution (a downsample) starts its stage, else it ends the last;
+        # plain blocks after the last layer start a stage where the resolution changes (a U-Net's bottleneck)
         down = nxt is not None and (prev is None or a is None or same_resolution(a, area(ix, blocks[nxt])))
-        out.append(stage[nxt] if down else stage[prev] if prev is not None else 1)
+        out.append(stage[nxt] if down else out[-1] if out else 1)
+        if nxt is None and prev is not None and not same_resolution(a, last): out[-1] += 1
+        last = a or last
     return out
 
 
@@ -166,6 +169,32 @@ def dense_tail(ix: Index, blocks: list[Block], end: int) -> None:
         if b.role == 'head': b.stage = stage + 1
 
 
+def encoder_decoder_blocks(ix: Index, headless: bool) -> list[Block] | None:
+    """Blocks of a model whose maps shrink to a deepest point and grow again to a dense output (a U-Net):
+    stages to the deepest point, decoder groups after it, the output layer as head; None for other models"""
+    if headless or ix.trace is None or ix.trace.late: return None
+    layers = encoder_layers(ix.model)
+    blocks = runs(ix, units(ix, layers), set(layers))
+    areas = [area(ix, b) for b in blocks]
+    known = [a for a in areas if a]
+    if len(known) < 3 or not layers: return None
+    low = min(known)
+    deep = max(i for i, a in enumerate(areas) if a and same_resolution(a, low))
+    if not any(a and a > 1.2 * low for a in areas[deep + 1:]) or same_resolution(known[0], low): return None
+    return _layout(ix, blocks, deep + 1, [], headless)
+
+
+def _layout(ix: Index, blocks: list[Block], end: int, depths: list[int], headless: bool) -> list[Block] | None:
+    "Roles and stages of `blocks`: those before the first layer the stem, stages to `end`, decoder and head"
+    first = next((i for i, b in enumerate(blocks[:end]) if _deep(ix, b)), None)
+    if first is None: return None
+    for b in blocks[:first]: b.role, b.stage = 'stem', 0
+    for b, s in zip(blocks[first:end], stage_layers(ix, blocks[first:end], depths)): b.stage = s
+    if not headless: dense_tail(ix, blocks, end)
+    for b in blocks[end:] if headless else []: b.stage = blocks[end - 1].stage
+    return _merge(blocks)
+
+
 def hf_blocks(ix: Index, headless: bool) -> list[Block] | None:
     "Blocks of a Hugging Face model: embeddings (stem), encoder stages, decoder, head; None for other models"
     model = ix.model
@@ -179,13 +208,7 @@ def hf_blocks(ix: Index, headless: bool) -> list[Block] | None:
     end = next((i for i, b in enumerate(blocks) if not inside(b)), len(blocks))
     late = set(ix.trace.late) if ix.trace is not None else set()
     while end and base is None and set(blocks[end - 1].params) <= late: end -= 1
-    first = next((i for i, b in enumerate(blocks[:end]) if _deep(ix, b)), None)
-    if first is None: return None
-    for b in blocks[:first]: b.role, b.stage = 'stem', 0
-    for b, s in zip(blocks[first:end], stage_layers(ix, blocks[first:end], config_depths(model))): b.stage = s
-    if not headless: dense_tail(ix, blocks, end)
-    for b in blocks[end:] if headless else []: b.stage = blocks[end - 1].stage
-    return _merge(blocks)
+    return _layout(ix, blocks, end, config_depths(model), headless)
 
 
 def _merge(blocks: list[Block]) -> list[Block]:
