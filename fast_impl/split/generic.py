@@ -195,7 +195,7 @@ def generic_blocks(ix: Index, headless: bool) -> list[Block]:
     late = _late(tail, heads, ix.sequence)
     tail = [t for t in tail if t not in late]
     mods = [[stem]] if stem else []
-    mods += [_stage_blocks(tree, s) for s in stages]
+    mods += _downsample_forward([_stage_blocks(tree, s) for s in stages], tree, ix)
     if tail: mods[-1] = mods[-1][:-1] + [mods[-1][-1] + tail] if mods else [tail]
     blocks = [Block([], b, 'stem' if stem and i == 0 else 'body', i) for i, st in enumerate(mods) for b in st]
     if heads: blocks.append(Block([], heads + late, 'head', len(mods)))
@@ -258,6 +258,16 @@ def _join_transitions(tree: _Tree, stages: list[list[str]], ix: Index) -> list[l
                 or res == _resolution(tree, before, ix)): continue
         out[i], out[i + 1] = st[:-n], st[-n:] + out[i + 1]
     return [st for st in out if st]
+
+
+def _downsample_forward(stages: list[list[list[str]]], tree: _Tree, ix: Index) -> list[list[list[str]]]:
+    "A plain last block of a stage that changes the resolution (patch merging) joins the next stage's first"
+    res = lambda b: _resolution(tree, b[-1], ix)
+    for st, nxt in zip(stages, stages[1:]):
+        if len(st) < 2 or not nxt or any(_layers(tree, m) > 1 for m in st[-1]): continue
+        if res(st[-1]) is not None and res(st[-2]) is not None and res(st[-1]) != res(st[-2]):
+            nxt[0] = st.pop() + nxt[0]
+    return stages
 
 
 def _late(mods: list[str], heads: list[str], names: list[str]) -> list[str]:
