@@ -57,7 +57,9 @@ def encoder_layers(model: nn.Module) -> list[str]:
     mixes classes), the innermost ones holding two or more (a block, not its conv layers), never nested"""
     cands = {}
     for name, c in model.named_modules():
-        if not isinstance(c, (nn.ModuleList, nn.Sequential)) or len(c) < 2: continue
+        # a ModuleList of one (a stage of depth 1) is still a list of layers; a Sequential of one a wrapper
+        if not isinstance(c, (nn.ModuleList, nn.Sequential)) or len(c) < 2 - isinstance(c, nn.ModuleList):
+            continue
         least = 1 if len({type(x) for x in c}) == 1 else 2  # mixed: blocks only (LeViT's residuals, subsample)
         cands.update({f'{name}.{i}' if name else str(i): _mats(x) for i, x in enumerate(c) if _mats(x) >= least})
     inner = lambda n: any(k != n and under(k, n) and w >= 2 for k, w in cands.items())
