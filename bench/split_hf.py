@@ -244,9 +244,11 @@ def render(rows: list[Row], wall: float, procs: int) -> str:
     lines = ['# Hugging Face transformers vision classes: layer groups', '',
              f'`python bench/split_hf.py`: transformers {transformers.__version__}, {len(rows)} classes '
              f'({sum(r.built for r in rows)} build on meta from the default config), {procs} process(es), '
-             f'{wall / 60:.1f} min.', '', '| figure | result | target | met |', '| --- | ---: | ---: | :---: |']
+             f'{wall / 60:.1f} min.', '', '| figure | result | target | met |',
+             '| --- | ---: | ---: | :---: |']
     lines += [f'| {a} | {b} | {c} | {"yes" if d else "**no**"} |' for a, b, c, d in summary(rows)]
-    lines += ['', '## Every class', '', '| class | kind | family | config | stages | blocks | groups (stages) '
+    lines += ['', '## Every class', '',
+              '| class | kind | family | config | stages | blocks | groups (stages) '
               '| stem % | max % |', '| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |']
     lines += [f'| {r.name} | {r.kind} | {r.family} | {r.want or "-"} | {r.got} | {r.n_blocks} | '
               f'{r.stage_names} | {r.stem_pct:.1f} | {r.max_pct:.0f} |' for r in ok]
@@ -257,7 +259,8 @@ def render(rows: list[Row], wall: float, procs: int) -> str:
               ('Encoder layer cut', ok, lambda r: r.layer_cut, lambda r: r.layer_cut),
               ('Norm apart from its layer', ok, lambda r: r.norm_split, lambda r: r.norm_split),
               ('Body group over one resolution change', ok, lambda r: r.res_over, lambda r: r.res_over),
-              ('Head differs between stages and blocks', ok, lambda r: r.head_differs, lambda r: r.head_differs),
+              ('Head differs between stages and blocks', ok, lambda r: r.head_differs,
+               lambda r: r.head_differs),
               ('Weight decay on tokens / positions / layer scales', ok, lambda r: r.wd_on_tokens,
                lambda r: r.wd_on_tokens),
               ('Hierarchical: stage count differs from the config', ok,

@@ -18,10 +18,11 @@ from .tree import unwrap
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
           getattr(nn, 'RMSNorm', nn.LayerNorm))
 _NO_WD_NAME = re.compile(
-    r'(^|\.)((cls|class|dist|distillation|reg|register|mask|detection)_?tokens?|pos_?embed\w*|pos_?embedding\w*|'
-    r'(\w+_)?position_embeddings?(\.weight)?|absolute_pos_embed|relative_position_bias_table|attention_biases|'
+    r'(^|\.)((cls|class|dist|distillation|reg|register|mask|detection)_?tokens?|'
+    r'pos_?embed\w*|pos_?embedding\w*|(\w+_)?position_embeddings?(\.weight)?|absolute_pos_embed|'
+    r'relative_position_bias_table|attention_biases|'
     r'logit_scale|gamma(_\d)?|lambda_?\d|layer_?scale\w*|(cpb_mlp|continuous_position_bias_mlp)\.\d+\.\w+)$')
-# tokens, position embeddings and biases, temperatures and layer scales, as timm, BEiT and Hugging Face name them
+# tokens, position embeddings and biases, temperatures, layer scales: as timm, BEiT and Hugging Face name them
 
 
 def is_norm(m: nn.Module) -> bool:

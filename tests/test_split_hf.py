@@ -1,5 +1,5 @@
 """Layer groups of Hugging Face transformers vision models, built from small configs on meta (no download):
-stages from the config, embeddings in the stem, encoder layers never cut, decoder groups, the no-decay names."""
+stages from the config, embeddings in the stem, encoder layers never cut, decoder groups, no-decay names."""
 from __future__ import annotations
 
 import pytest
@@ -64,8 +64,8 @@ def test_convnext_one_stage_per_config_stage():
 
 def test_swin_patch_merging_opens_the_next_stage():
     "Swin's downsample sits at the end of each HF stage; it runs at the next resolution: next stage"
-    m = _build('SwinForImageClassification', 'SwinConfig', depths=[1, 1, 2], num_heads=[1, 2, 4], embed_dim=16,
-               image_size=64, patch_size=4, window_size=4)
+    m = _build('SwinForImageClassification', 'SwinConfig', depths=[1, 1, 2], num_heads=[1, 2, 4],
+               embed_dim=16, image_size=64, patch_size=4, window_size=4)
     (names, gs), (_, bgs) = _splits(m)
     assert names == ['stem', 'stage 1', 'stage 2', 'stage 3', 'head']
     assert gs[2][0].startswith('swin.encoder.layers.0.downsample.')
@@ -94,14 +94,15 @@ def test_no_decay_on_hf_tokens_positions_and_layer_scales():
     m = _build('Dinov2WithRegistersModel', 'Dinov2WithRegistersConfig', **VIT, num_register_tokens=2)
     b = _build('BeitForImageClassification', 'BeitConfig', **VIT, layer_scale_init_value=0.1)
     for model in (m, b):
-        decayed = {id(q) for g in param_groups(model, 1e-3, wd=0.05) if g['weight_decay'] for q in g['params']}
+        groups = param_groups(model, 1e-3, wd=0.05)
+        decayed = {id(q) for g in groups if g['weight_decay'] for q in g['params']}
         names = {n for n, q in model.named_parameters() if id(q) in decayed}
         assert not {n for n in names if any(k in n for k in ('token', 'position', 'lambda', 'layer_scale'))}
         assert any('attention' in n and n.endswith('.weight') for n in names)  # matrices keep their decay
 
 
 def test_segformer_decoder_and_head():
-    "The encoder's stages, the decode head's MLPs and fuse layer as decoder groups, the classifier conv the head"
+    "The encoder's stages, the decode head's MLPs and fuse layer as decoder groups, the classifier the head"
     m = _build('SegformerForSemanticSegmentation', 'SegformerConfig', depths=[1, 1, 1, 1],
                hidden_sizes=[8, 16, 32, 64], decoder_hidden_size=16, num_attention_heads=[1, 1, 2, 2],
                image_size=64)

@@ -90,7 +90,7 @@ def named_blocks(model, head=None) -> list[tuple[str, list[nn.Parameter]]]:
         first = max(p.body[-1].modules, key=lambda m: sum(w[q] for q in last if under(q, m)))
         linked = p.index.trace.norm_of if p.index.trace is not None else {}
         while len(last) > 1 and is_norm(mods[owner(last[-1])]) and not under(last[-1], first):
-            if any(owner(q) == linked.get(owner(last[-1])) for q in last): break  # a norm stays with its layer
+            if any(owner(q) == linked.get(owner(last[-1])) for q in last): break  # norm stays with layer
             tail.insert(0, last.pop())
     groups = [g for g in [stem] + body + [tail] if g]
     names = ((['stem'] if stem else []) + [f'block {i + 1}' for i in range(len(body))]
@@ -141,14 +141,16 @@ def _timm_blocks(model: nn.Module, head) -> list[tuple[str, list[nn.Parameter]]]
     # the head: the classifier's group (timm puts what its matcher misses there), or the modules `head` names
     clf, own = _classifier_params(body), dict(ix.params)
     has_head = order[-1] == last or any(id(own[n]) in clf for n in groups[-1])
-    if has_head and len(groups) > 2: groups = _on_map_to_body(groups, ix, {n for n in own if id(own[n]) in clf})
+    if has_head and len(groups) > 2:
+        groups = _on_map_to_body(groups, ix, {n for n in own if id(own[n]) in clf})
     names = ['stem'] + [f'block {i}' for i in range(1, len(groups) - has_head)] + ['head'] * has_head
     return list(zip(names, _to_params(Plan(model, [], 'timm', ix), groups)))
 
 
 def _on_map_to_body(groups: list[list[str]], ix: Index, clf: set[str]) -> list[list[str]]:
-    """Rule 2 on timm's head group: its layers that still run on the feature map (efficientvit's `head.in_conv`,
-    with their norms) join the last block, as under `split_stages`; the final norm stays (BEiT-style decay)"""
+    """Rule 2 on timm's head group: its layers that still run on the feature map (efficientvit's
+    `head.in_conv`, with their norms) join the last block, as under `split_stages`; the final norm stays
+    (BEiT-style decay)"""
     tr = ix.trace
     if tr is None or tr.head_from is None: return groups
     mods, late = dict(ix.modules), set(tr.late)

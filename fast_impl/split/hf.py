@@ -1,5 +1,5 @@
-"""The Hugging Face strategy: blocks of a transformers model, recognised by its `config` (duck typing, no import),
-from its module tree, its config's stage depths and one forward pass."""
+"""The Hugging Face strategy: blocks of a transformers model, recognised by its `config` (duck typing, never
+an import), from its module tree, its config's stage depths and one forward pass."""
 # Also the encoder-decoder layout (backbone, decoder, head) that the generic strategy shares.
 from __future__ import annotations
 
@@ -18,13 +18,15 @@ ROLES = ('stem', 'body', 'decoder', 'head')
 def is_hf(model: nn.Module) -> bool:
     "True for a Hugging Face transformers model: a `config` with a `model_type` and `to_dict`"
     c = getattr(model, 'config', None)
-    return c is not None and isinstance(getattr(c, 'model_type', None), str) and callable(getattr(c, 'to_dict', None))
+    return (c is not None and isinstance(getattr(c, 'model_type', None), str)
+            and callable(getattr(c, 'to_dict', None)))
 
 
 def _configs(model: nn.Module) -> list:
     "The model's config, then the vision or backbone config it holds"
     c = getattr(model, 'config', None)
-    return [x for x in (c, getattr(c, 'vision_config', None), getattr(c, 'backbone_config', None)) if x is not None]
+    subs = (getattr(c, 'vision_config', None), getattr(c, 'backbone_config', None))
+    return [x for x in (c, *subs) if x is not None]
 
 
 def hf_input_size(model: nn.Module) -> tuple[int, ...] | None:
@@ -33,7 +35,8 @@ def hf_input_size(model: nn.Module) -> tuple[int, ...] | None:
     for c in _configs(model):
         size, ch = getattr(c, 'image_size', None), getattr(c, 'num_channels', 3)
         if isinstance(size, int) and size > 0: size = (size, size)
-        if (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)
+        two = isinstance(size, (tuple, list)) and len(size) == 2
+        if (two and all(isinstance(s, int) and s > 0 for s in size)
                 and isinstance(ch, int) and ch > 0): return (1, ch, *size)
     return None
 
@@ -60,8 +63,9 @@ def encoder_layers(model: nn.Module) -> list[str]:
         # a ModuleList of one (a stage of depth 1) is still a list of layers; a Sequential of one a wrapper
         if not isinstance(c, (nn.ModuleList, nn.Sequential)) or len(c) < 2 - isinstance(c, nn.ModuleList):
             continue
-        least = 1 if len({type(x) for x in c}) == 1 else 2  # mixed: blocks only (LeViT's residuals, subsample)
-        cands.update({f'{name}.{i}' if name else str(i): _mats(x) for i, x in enumerate(c) if _mats(x) >= least})
+        least = 1 if len({type(x) for x in c}) == 1 else 2  # mixed: blocks only (LeViT's residuals)
+        cands.update({f'{name}.{i}' if name else str(i): _mats(x) for i, x in enumerate(c)
+                      if _mats(x) >= least})
     inner = lambda n: any(k != n and under(k, n) and w >= 2 for k, w in cands.items())
     layers = [n for n in cands if not inner(n)]
     return [n for n in layers if not any(k != n and under(n, k) for k in layers)]
@@ -102,7 +106,8 @@ def area(ix: Index, b: Block) -> int | None:
 
 def _deep(ix: Index, b: Block) -> bool:
     "An encoder layer holding two or more weight matrices (a block, not a patch embedding's conv)"
-    return b.whole and sum(p.endswith('weight') and ix.model.get_parameter(p).ndim >= 2 for p in b.params) >= 2
+    mats = sum(p.endswith('weight') and ix.model.get_parameter(p).ndim >= 2 for p in b.params)
+    return b.whole and mats >= 2
 
 
 def same_resolution(a: int | None, b: int | None) -> bool:
@@ -151,7 +156,7 @@ def _base(model: nn.Module) -> str | None:
 
 def dense_tail(ix: Index, blocks: list[Block], end: int) -> None:
     """Roles of the blocks after the backbone (from `end`): those up to the last one on a map larger than the
-    backbone's last are the decoder, cut where maps grow; the rest (the output layer, pooled heads) the head"""
+    backbone's last are the decoder, cut where maps grow; the rest (the output layer, pooled heads): head"""
     if end >= len(blocks): return
     top = next((area(ix, b) for b in reversed(blocks[:end]) if area(ix, b)), None)
     late = set(ix.trace.late) if ix.trace is not None else set()
@@ -186,7 +191,8 @@ def encoder_decoder_blocks(ix: Index, headless: bool) -> list[Block] | None:
     return _layout(ix, blocks, deep + 1, [], headless)
 
 
-def _layout(ix: Index, blocks: list[Block], end: int, depths: list[int], headless: bool) -> list[Block] | None:
+def _layout(ix: Index, blocks: list[Block], end: int, depths: list[int],
+            headless: bool) -> list[Block] | None:
     "Roles and stages of `blocks`: those before the first layer the stem, stages to `end`, decoder and head"
     first = next((i for i, b in enumerate(blocks[:end]) if _deep(ix, b)), None)
     if first is None: return None

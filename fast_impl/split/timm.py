@@ -73,7 +73,7 @@ def timm_blocks(ix: Index, headless: bool) -> list[Block] | None:
 
 
 def _by_resolution(blocks: list[Block], ix: Index) -> list[Block]:
-    "Rule 6: coarse stages of one block each (Hiera's) that run at several resolutions: one stage per resolution"
+    "Rule 6: coarse stages of one block each (Hiera's) at several resolutions: one stage per resolution"
     from .hf import area, same_resolution
     body = [b for b in blocks if b.role == 'body']
     stages = [b.stage for b in body]
