@@ -122,7 +122,7 @@ def _stem_backbone(blocks: list[Block], ix: Index) -> list[Block]:
 
 
 def _transformer_run(body: list[Block], ix: Index) -> bool:
-    "True when the blocks are the items of one container, of one class, each holding a Linear (attention, MLP)"
+    "True when the blocks are items of one container, of one class, each holding a Linear (attention, MLP)"
     mods = dict(ix.modules)
     tops = [_common([n.split('.') for n in b.params]) for b in body]
     if not all(tops) or len({owner(t) for t in tops}) != 1 or len({type(mods[t]) for t in tops}) != 1:
