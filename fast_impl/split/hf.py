@@ -110,6 +110,12 @@ def _deep(ix: Index, b: Block) -> bool:
     return b.whole and mats >= 2
 
 
+def _anchors(ix: Index, blocks: list[Block]) -> list[int]:
+    "Positions of the encoder layers among `blocks`, or of the single layers where there are no blocks"
+    deep = [i for i, b in enumerate(blocks) if _deep(ix, b)]
+    return deep or [i for i, b in enumerate(blocks) if b.whole]
+
+
 def same_resolution(a: int | None, b: int | None) -> bool:
     "One resolution: equal up to a few tokens (class, distillation or register tokens beside the patches)"
     return a is None or b is None or max(a, b) < 1.2 * min(a, b)
@@ -119,7 +125,7 @@ def stage_layers(ix: Index, blocks: list[Block], depths: list[int]) -> list[int]
     """Stage number (from 1) of each body block: cut where the config's depths say, else one stage per encoder
     layer where all run at one resolution (ViT-like), else where the resolution changes; plain blocks between
     layers start the next stage (a downsample, a patch embedding), those after the last end it"""
-    lays = [i for i, b in enumerate(blocks) if _deep(ix, b)]
+    lays = _anchors(ix, blocks)
     areas = [area(ix, blocks[i]) for i in lays]
     if len(depths) > 1 and sum(depths) == len(lays):
         bounds = {sum(depths[:k]) for k in range(len(depths))}
@@ -180,11 +186,13 @@ def encoder_decoder_blocks(ix: Index, headless: bool) -> list[Block] | None:
     """Blocks of a model whose maps shrink to a deepest point and grow again to a dense output (a U-Net):
     stages to the deepest point, decoder groups after it, the output layer as head; None for other models"""
     if headless or ix.trace is None or ix.trace.late: return None
-    layers = encoder_layers(ix.model)
+    # no repeated blocks (a plain conv autoencoder): its conv and linear layers
+    layers = encoder_layers(ix.model) or list(dict.fromkeys(
+        owner(n) for n, q in ix.params if n.endswith('weight') and q.ndim >= 2))
     blocks = runs(ix, units(ix, layers), set(layers))
     areas = [area(ix, b) for b in blocks]
     known = [a for a in areas if a]
-    if len(known) < 3 or not layers: return None
+    if len(known) < 3: return None
     low = min(known)
     deep = max(i for i, a in enumerate(areas) if a and same_resolution(a, low))
     if not any(a and a > 1.2 * low for a in areas[deep + 1:]) or same_resolution(known[0], low): return None
@@ -194,7 +202,7 @@ def encoder_decoder_blocks(ix: Index, headless: bool) -> list[Block] | None:
 def _layout(ix: Index, blocks: list[Block], end: int, depths: list[int],
             headless: bool) -> list[Block] | None:
     "Roles and stages of `blocks`: those before the first layer the stem, stages to `end`, decoder and head"
-    first = next((i for i, b in enumerate(blocks[:end]) if _deep(ix, b)), None)
+    first = next(iter(_anchors(ix, blocks[:end])), None)
     if first is None: return None
     for b in blocks[:first]: b.role, b.stage = 'stem', 0
     for b, s in zip(blocks[first:end], stage_layers(ix, blocks[first:end], depths)): b.stage = s
