@@ -75,7 +75,7 @@ def config_stages(m) -> tuple[str, int]:
     "('hierarchical', stages) or ('vit', layers) as the config says, ('other', 0) where it says neither"
     c = getattr(m, 'config', None)
     c = getattr(c, 'backbone_config', None) or getattr(c, 'vision_config', None) or c
-    for k in ('depths', 'num_block_repeats', 'stage_depths', 'num_encoder_blocks', 'num_stages'):
+    for k in ('depths', 'depth', 'num_block_repeats', 'stage_depths', 'num_encoder_blocks', 'num_stages'):
         v = getattr(c, k, None)
         if isinstance(v, (list, tuple)) and len(v) > 1: return 'hierarchical', len(v)
         if isinstance(v, int) and v > 1 and k != 'num_block_repeats': return 'hierarchical', v
@@ -232,15 +232,16 @@ def summary(rows: list[Row]) -> list[tuple[str, str, str, bool]]:
              pct(count(vit, lambda r: r.got == r.want), len(vit)), '-', True)]
 
 
-NOTES = """How: each class is built from its default config on the meta device (no download, no weights),
-split by `split_stages` and `split_blocks` (one forward pass of a meta copy, sized from the config's
-`image_size`), and `param_groups(m, 1e-3, wd=0.05)`. An encoder layer is an item of a module list holding two or more weight
-matrices (the innermost such); it must sit in one group under both splits. Resolutions are compared as
-positions (a 56x56 map = 3136 tokens; a class or register token is not a change); decoder groups are exempt
-(they read several scales by design). The head is compared between the splits without norms (the final norm
-joins the head under `split_blocks`, BEiT-style). Hierarchical: the config states stage depths
-(`depths`, EfficientNet's `num_block_repeats`, ...); detectors are left out of that count (their body also
-holds the detection transformer). ViT-like: the config states `num_hidden_layers` and a `patch_size`."""
+NOTES = """How: each class is built from its default config on the meta device (no download, no
+weights), split by `split_stages` and `split_blocks` (one forward pass of a meta copy, sized from the
+config's `image_size`), and `param_groups(m, 1e-3, wd=0.05)`. An encoder layer is an item of a module list
+holding two or more weight matrices (the innermost such); it must sit in one group under both splits.
+Resolutions are compared as positions (a 56x56 map = 3136 tokens; a class or register token is not a
+change); decoder groups are exempt (they read several scales by design). The head is compared between the
+splits without norms (the final norm joins the head under `split_blocks`, BEiT-style). Hierarchical: the
+config states stage depths (`depths`, EfficientNet's `num_block_repeats`, ...); detectors are left out of
+that count (their body also holds the detection transformer). ViT-like: the config states
+`num_hidden_layers` and a `patch_size`."""
 
 # why each exception the sweep lists happens: (class-name pattern, what, why)
 EXPLAINED = [
@@ -248,6 +249,14 @@ EXPLAINED = [
     (r'^BeitForSemanticSegmentation', 'build',
      'its default config has no `out_indices` (the class refuses it)'),
     (r'^(Sapiens2|PPOCRV5Server|PPOCRV6Medium)', 'build', 'the default config names no backbone config'),
+    (r'^LwDetr', 'pass', 'its forward pass makes a CPU tensor (anchors) that meets the meta ones; '
+     'registration order (warned), encoder layers still whole'),
+    (r'^PPDocLayoutV2', 'pass', 'its reading-order step indexes a data-dependent 0-d tensor, which fails on '
+     'meta; registration order (warned), encoder layers still whole'),
+    (r'^PPOCRV6SmallDet', 'pass', 'at 224x224 a channel check in its neck fails and the config states no '
+     'input size; `plan(m, input_size=...)` with its own size traces it'),
+    (r'^RfDetr', 'pass', "its windowed DINOv2 backbone needs a side divisible by patch x windows; the "
+     "config's 518 is not; registration order (warned), encoder layers still whole"),
     (r'(Detr|TableTransformer|DFine|Deimv2|RTDetr)', 'pass',
      'the forward pass calls `.item()` (masks, anchors) which meta tensors cannot; the split follows '
      'registration order (warned), encoder layers still whole'),

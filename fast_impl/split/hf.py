@@ -44,7 +44,7 @@ def hf_input_size(model: nn.Module) -> tuple[int, ...] | None:
 def config_depths(model: nn.Module) -> list[int]:
     "Blocks per stage as the config says (`depths`, or EfficientNet's scaled `num_block_repeats`); [] if not"
     c = getattr(model, 'config', None)
-    d = getattr(c, 'depths', None)
+    d = getattr(c, 'depths', None) or getattr(c, 'depth', None)  # CvT: `depth`
     if isinstance(d, (list, tuple)) and all(isinstance(x, int) for x in d): return list(d)
     reps, coef = getattr(c, 'num_block_repeats', None), getattr(c, 'depth_coefficient', None)
     if isinstance(reps, (list, tuple)) and isinstance(coef, (int, float)):
