@@ -266,10 +266,9 @@ EXPLAINED = [
      '`plan(m, input_size=(1, 3, 1536, 1536))` traces it'),
     (r'^PoolFormer', 'norm', "each stage's first block opens with `before_norm`, which takes the patch "
      "embedding's output directly; the block is never cut (that rule wins), so the norm stays in it"),
-    (r'^MobileViT', 'res', "the transformer layers run on unfolded patches (batch x patches, tokens per "
-     "patch): "
-     "the pass records tokens per patch, so the check sees 1024 -> 256 -> 1024 inside one stage; the stages "
-     "themselves follow the encoder's layers"),
+    (r'^MobileViT', 'res', "a fault left open: the transformer layers run on unfolded patches (batch x "
+     "patches, tokens per patch) and the pass records tokens per patch (256, not 32x32), so each layer's "
+     "downsampling block is put with the stage before it; needs positions per sample in the trace"),
     (r'(DeformableDetr|PPDocLayout|PPOCRV5Mobile|RTDetr)', 'res',
      "a detector's base model holds its multi-scale neck (FPN/PAN, hybrid encoder) beside the backbone; "
      "those stages read several resolutions at once"),
