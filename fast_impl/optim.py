@@ -19,9 +19,12 @@ from .tree import unwrap
 
 # ---------------------------------------------------------------- the no-weight-decay policy
 
-_NO_WD_NAME = re.compile(r'(^|\.)((cls|class|dist|reg|register|mask)_?tokens?|pos_?embed\w*|'
-                         r'pos_?embedding\w*|absolute_pos_embed|relative_position_bias_table|gamma(_\d)?|'
-                         r'layer_?scale\w*)$')
+_NO_WD_NAME = re.compile(
+    r'(^|\.)((cls|class|dist|distillation|reg|register|mask|detection)_?tokens?|'
+    r'pos_?embed\w*|pos_?embedding\w*|(\w+_)?position_embeddings?(\.weight)?|absolute_pos_embed|'
+    r'relative_position_bias_table|attention_biases|'
+    r'logit_scale|gamma(_\d)?|lambda_?\d|layer_?scale\w*|(cpb_mlp|continuous_position_bias_mlp)\.\d+\.\w+)$')
+# tokens, position embeddings and biases, temperatures, layer scales: as timm, BEiT and Hugging Face name them
 
 
 def _is_scale(m: nn.Module) -> bool:

@@ -81,7 +81,6 @@ def test_two_inputs_stem_and_head():
     assert names[0][:2] == ['stem.0.weight', 'stem.0.bias'] and names[-1][-2:] == ['head.weight', 'head.bias']
 
 
-@pytest.mark.xfail(strict=True, reason='rule 4 moves MultiheadAttention.in_proj_weight to the stem')
 def test_token_ids_embeddings_in_the_stem():
     "Integer inputs: the embeddings and the position table are the stem, each encoder layer whole in a block"
     m, x = Tokens(), CASES['ints'][1]()

@@ -492,9 +492,9 @@ def test_strategy_that_does_not_apply_says_so():
     from fast_impl.split.plan import STRATEGIES
     m = resolve('fastai:xresnet18')
     with pytest.raises(StrategyError,
-                       match="strategy 'timm' does not apply to XResNet; valid: timm, generic"):
+                       match="strategy 'timm' does not apply to XResNet; valid: hf, timm, generic"):
         plan(m, strategy='timm')
-    with pytest.raises(ValueError, match="unknown split strategy 'nope'; valid: timm, generic"):
+    with pytest.raises(ValueError, match="unknown split strategy 'nope'; valid: hf, timm, generic"):
         plan(m, strategy='nope')
     with pytest.raises(ValueError, match='has no parameters to split'): plan(nn.ReLU())
     with pytest.raises(ValueError, match="split strategy 'timm' is already registered"):

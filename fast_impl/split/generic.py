@@ -181,6 +181,10 @@ def _stage_blocks(tree: _Tree, stage: list[str]) -> list[list[str]]:
 
 def generic_blocks(ix: Index, headless: bool) -> list[Block]:
     "Blocks from the module tree: the main run of repeated blocks (stages), stem before it, head after"
+    # an encoder-decoder (maps shrink, then grow to a dense output): backbone, decoder, head
+    from .hf import encoder_decoder_blocks
+    dense = encoder_decoder_blocks(ix, headless)
+    if dense: return dense
     w = ix.weights
     heads = [] if headless else _head_names(ix)
     tree = _Tree(ix, heads)
@@ -192,7 +196,7 @@ def generic_blocks(ix: Index, headless: bool) -> list[Block]:
     late = _late(tail, heads, ix.sequence)
     tail = [t for t in tail if t not in late]
     mods = [[stem]] if stem else []
-    mods += [_stage_blocks(tree, s) for s in stages]
+    mods += _downsample_forward([_stage_blocks(tree, s) for s in stages], tree, ix)
     if tail: mods[-1] = mods[-1][:-1] + [mods[-1][-1] + tail] if mods else [tail]
     blocks = [Block([], b, 'stem' if stem and i == 0 else 'body', i) for i, st in enumerate(mods) for b in st]
     if heads: blocks.append(Block([], heads + late, 'head', len(mods)))
@@ -227,8 +231,11 @@ def _by_resolution(tree: _Tree, names: list[str], ix: Index) -> list[list[str]]:
 def _stem_stages(tree: _Tree, stem: list[str], ix: Index) -> tuple[list[str], list[list[str]]]:
     "The stem cut after its leading layers when it holds whole stages"
     # whole stages: heavy, several resolutions, or blocks in a sequence
+    if len(stem) == 1 and isinstance(tree.mods[stem[0]], CONTAINERS) and len(tree.kids(stem[0])) > 1:
+        stem = tree.kids(stem[0])  # one sequence of blocks (a CNN's `features` before an LSTM): its blocks
     lead = list(itertools.takewhile(lambda k: _layers(tree, k) <= 1, stem))
     rest = stem[len(lead):]
+    if not rest and len(lead) > 1: lead, rest = lead[:1], lead[1:]  # plain layers alone: cut at resolutions
     if not lead or not rest: return stem, []
     total = sum(tree.w[k] for k in tree.kids('')) or 1
     sizes = {r for r in (_resolution(tree, k, ix) for k in stem) if r}
@@ -252,6 +259,16 @@ def _join_transitions(tree: _Tree, stages: list[list[str]], ix: Index) -> list[l
                 or res == _resolution(tree, before, ix)): continue
         out[i], out[i + 1] = st[:-n], st[-n:] + out[i + 1]
     return [st for st in out if st]
+
+
+def _downsample_forward(stages: list[list[list[str]]], tree: _Tree, ix: Index) -> list[list[list[str]]]:
+    "A plain last block of a stage that changes the resolution (patch merging) joins the next stage's first"
+    res = lambda b: _resolution(tree, b[-1], ix)
+    for st, nxt in zip(stages, stages[1:]):
+        if len(st) < 2 or not nxt or any(_layers(tree, m) > 1 for m in st[-1]): continue
+        if res(st[-1]) is not None and res(st[-2]) is not None and res(st[-1]) != res(st[-2]):
+            nxt[0] = st.pop() + nxt[0]
+    return stages
 
 
 def _late(mods: list[str], heads: list[str], names: list[str]) -> list[str]:

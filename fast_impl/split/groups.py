@@ -59,14 +59,16 @@ def named_stages(model, head=None, input_data=None) -> list[tuple[str, list[nn.P
 
 
 def _stage_names(p: Plan) -> list[str]:
-    "The name of each `split_stages` group of `p`: the stem, stages counted from 1, the head"
+    "The name of each `split_stages` group of `p`: the stem, stages counted from 1, decoder(s), the head"
     names, key = [], None
     for b in p.blocks:
         k = ('head',) if b.role == 'head' else (b.stage,)
         if k != key:
             body = sum(n.startswith('stage') for n in names) + 1
-            names.append(b.role if b.role in ('stem', 'head') else f'stage {body}')
+            names.append(b.role if b.role in ('stem', 'head', 'decoder') else f'stage {body}')
         key = k
+    dec = [i for i, n in enumerate(names) if n == 'decoder']
+    for j, i in enumerate(dec if len(dec) > 1 else []): names[i] = f'decoder {j + 1}'
     return names
 
 
@@ -87,8 +89,12 @@ def named_blocks(model, head=None, input_data=None) -> list[tuple[str, list[nn.P
     body = [list(b.params) for b in p.body if b.role != 'stem']
     tail = [q for b in p.head for q in b.params]
     if body and tail:  # the final norm: trailing norm layers of the last block, outside its first module
-        last, mods, first = body[-1], dict(p.index.modules), p.body[-1].modules[0]
+        last, mods, w = body[-1], dict(p.index.modules), p.index.weights
+        # the block's own module: the one holding most of its weights
+        first = max(p.body[-1].modules, key=lambda m: sum(w[q] for q in last if under(q, m)))
+        linked = p.index.trace.norm_of if p.index.trace is not None else {}
         while len(last) > 1 and is_norm(mods[owner(last[-1])]) and not under(last[-1], first):
+            if any(owner(q) == linked.get(owner(last[-1])) for q in last): break  # norm stays with layer
             tail.insert(0, last.pop())
     groups = [g for g in [stem] + body + [tail] if g]
     names = ((['stem'] if stem else []) + [f'block {i + 1}' for i in range(len(body))]
@@ -139,8 +145,25 @@ def _timm_blocks(model: nn.Module, head, input_data=None) -> list[tuple[str, lis
     # the head: the classifier's group (timm puts what its matcher misses there), or the modules `head` names
     clf, own = _classifier_params(body), dict(ix.params)
     has_head = order[-1] == last or any(id(own[n]) in clf for n in groups[-1])
+    if has_head and len(groups) > 2:
+        groups = _on_map_to_body(groups, ix, {n for n in own if id(own[n]) in clf})
     names = ['stem'] + [f'block {i}' for i in range(1, len(groups) - has_head)] + ['head'] * has_head
     return list(zip(names, _to_params(Plan(model, [], 'timm', ix), groups)))
+
+
+def _on_map_to_body(groups: list[list[str]], ix: Index, clf: set[str]) -> list[list[str]]:
+    """Rule 2 on timm's head group: its layers that still run on the feature map (efficientvit's
+    `head.in_conv`, with their norms) join the last block, as under `split_stages`; the final norm stays
+    (BEiT-style decay)"""
+    tr = ix.trace
+    if tr is None or tr.head_from is None: return groups
+    mods, late = dict(ix.modules), set(tr.late)
+    early = lambda n: n in tr.rank and n not in late and n not in clf
+    layers = {owner(n) for n in groups[-1] if early(n) and not is_norm(mods[owner(n)])}
+    norms = {m for m, lay in tr.norm_of.items() if lay in layers}
+    move = [n for n in groups[-1] if early(n) and (owner(n) in layers or owner(n) in norms)]
+    if not move: return groups
+    return groups[:-2] + [groups[-2] + move, [n for n in groups[-1] if n not in set(move)]]
 
 
 def _warn_one(p: Plan) -> None:
@@ -332,11 +355,11 @@ def named_at(model, paths, head=None, input_data=None) -> list[tuple[str, list[n
     heads = {n for b in p.head for n in b.params} if p else set()
     seq = [n for n in ix.sequence if n not in heads]
     at = {n: i for i, n in enumerate(seq)}
-    bounds = sorted({_cut_at(ix, c, at) for c in cuts})
+    bounds = _bounds(ix, cuts, at)
     groups = [seq[a:b] for a, b in zip([0] + bounds, bounds + [len(seq)])]
     starts = ['the start'] + [repr(c) for c in cuts]
     empty = [f'{s} to the next cut' for g, s in zip(groups, starts) if not g]
-    if empty or len(bounds) < len(set(cuts)):
+    if empty or len(set(bounds)) < len(bounds):
         raise GroupError(f"cuts at {cuts} leave empty groups; "
                          "cut only where parameters follow, in forward order")
     tail = [n for n in ix.weights if n not in at]
@@ -344,6 +367,19 @@ def named_at(model, paths, head=None, input_data=None) -> list[tuple[str, list[n
     names = [f'group {i + 1}' for i in range(len(groups))]
     if tail: names[-1] = 'head'
     return list(zip(names, _to_params(Plan(ix.model, [], 'at', ix), groups)))
+
+
+def _bounds(ix: Index, cuts: list[str], at: dict[str, int]) -> list[int]:
+    "Where each cut falls in `at`, checked: no cut given twice, the cuts in forward order"
+    dup = list(dict.fromkeys(c for i, c in enumerate(cuts) if c in cuts[:i]))
+    if dup: raise GroupError(f"split_at: cut {', '.join(map(repr, dup))} given twice; give each cut once")
+    pos = [_cut_at(ix, c, at) for c in cuts]
+    late = [(a, b) for (a, i), (b, j) in zip(zip(cuts, pos), zip(cuts[1:], pos[1:])) if j < i]
+    if late:
+        order = [c for _, c in sorted(zip(pos, cuts), key=lambda x: x[0])]
+        raise GroupError(f"split_at: cut {late[0][1]!r} runs before {late[0][0]!r}, out of forward order; "
+                         f"give the cuts in order: {order}")
+    return pos
 
 
 def _cut_at(ix: Index, cut: str, at: dict[str, int]) -> int:

@@ -11,11 +11,13 @@ from ..registry import Registry
 from .blocks import Block, Index, Plan, as_model, under, view
 from .fixes import apply_fixes
 from .generic import generic_blocks
+from .hf import hf_blocks, hf_input_size
 from .rules import apply_rules, head_modules
 from .timm import timm_blocks
 
 # name -> f(index, headless) -> list[Block] | None (None: does not apply)
 STRATEGIES = Registry('split strategy')
+STRATEGIES.register('hf')(hf_blocks)
 STRATEGIES.register('timm')(timm_blocks)
 STRATEGIES.register('generic')(generic_blocks)
 
@@ -30,7 +32,7 @@ def plan(model, strategy: str | None = None, input_size: Sequence[int] | None = 
 
     Args:
         model: a module, wrapped or not, or an arch name.
-        strategy: a name in `STRATEGIES` ('timm', 'generic'); by default the first that applies.
+        strategy: a name in `STRATEGIES` ('hf', 'timm', 'generic'); by default the first that applies.
         input_size: the input of the forward pass on meta that orders the blocks
             (default: the arch's own size, else one fitted to its first layer).
         head: module names or index paths that belong to the head group, beside those the rules find.
@@ -41,7 +43,8 @@ def plan(model, strategy: str | None = None, input_size: Sequence[int] | None = 
     """
     if isinstance(model, Plan): return model
     model = as_model(model)
-    v, ix = view(model), Index(model, input_size, trace, input_data)
+    size = input_size if input_size is not None or input_data is not None else hf_input_size(model)
+    v, ix = view(model), Index(model, size, trace, input_data)
     body = ix if v.body is model else Index(v.body, trace=ix.trace and ix.trace.within(v.prefix))
     blocks, s = _strategy_blocks(body, v, strategy)
     blocks = [Block([v.prefix + p for p in b.params],

@@ -143,13 +143,22 @@ def _embeddings_in_stem(blocks: list[Block], ix: Index) -> list[Block]:
     "Rule 4: tokens held above the blocks (by a module with children), used before the first body block: stem"
     body, rank, mods = [b for b in blocks if b.role != 'head'], ix.rank, dict(ix.modules)
     if not body: return blocks
-    loose = lambda p: any(True for _ in mods[owner(p)].children())
-    rest = [p for b in body if b.stage != body[0].stage for p in b.params]
+    # a norm with an activation inside (BiT's GroupNormActivation) holds no token
+    loose = lambda p: any(True for _ in mods[owner(p)].children()) and not is_norm(mods[owner(p)])
+    # held inside a module of its own block (MultiheadAttention's in_proj_weight): part of that layer
+    inside = lambda b, p: any(m and under(owner(p), m) for m in b.modules)
+    rest = [p for b in body if b.stage != body[0].stage for p in b.params if not inside(b, p)]
     start = min((rank[p] for p in rest if p in rank and not loose(p)), default=None)
     if start is None: return blocks
     early = [p for p in rest if loose(p) and rank.get(p, start) < start]
     stem = [b for b in body if b.stage == body[0].stage][-1]
     return _move(early, stem, blocks, ix)
+
+
+def _opens(b: Block, norm: list[str], rank: dict[str, int]) -> bool:
+    "True when `norm` opens block `b`, an encoder layer never cut (pre-activation: the norm stays in it)"
+    return b.whole and min((rank[p] for p in b.params if p in rank), default=-1) == min(
+        (rank[p] for p in norm if p in rank), default=-2)
 
 
 def norms_with_layers(blocks: list[Block], ix: Index) -> list[Block]:
@@ -161,7 +170,7 @@ def norms_with_layers(blocks: list[Block], ix: Index) -> list[Block]:
         lps, nps = ix.held_by(layer), [p for p in ix.held_by(norm) if p in where]
         to = where.get(lps[0]) if lps else None
         move = [p for p in nps if where[p] is not to]
-        if to is None or not move: continue
+        if to is None or not move or _opens(where[move[0]], move, rank): continue
         # a layer shared with an earlier place: moving would break forward order
         after = blocks[blocks.index(to) + 1:]
         if min((rank[q] for b in after for q in b.params if q in rank and q not in move), default=len(rank)) \

@@ -70,7 +70,25 @@ def timm_blocks(ix: Index, headless: bool) -> list[Block] | None:
     last = len(cg) - 1
     blocks = [Block(g, span(g), 'head' if stage_of[g[0]] == last and (rest or head & set(g)) else
                     'stem' if stage_of[g[0]] == 0 else 'body', stage_of[g[0]]) for g, rest in fg]
-    return _stem_backbone(_pre_head(blocks, ix, head), ix)
+    return _stem_backbone(_by_resolution(_pre_head(blocks, ix, head), ix), ix)
+
+
+def _by_resolution(blocks: list[Block], ix: Index) -> list[Block]:
+    """Rule 6: a ViT-style matcher's stages, one transformer block each (Hiera's `blocks.N`), that run at
+    several resolutions: one stage per resolution"""
+    from .hf import area, same_resolution
+    body = [b for b in blocks if b.role == 'body']
+    stages = [b.stage for b in body]
+    if len(body) < 2 or len(set(stages)) != len(stages) or not _transformer_run(body, ix): return blocks
+    areas = [area(ix, b) for b in body]
+    if all(same_resolution(a, c) for a in areas for c in areas): return blocks
+    first, last, k = body[0].stage, None, 0
+    for b, a in zip(body, areas):
+        k += last is not None and not same_resolution(a, last)
+        b.stage, last = first + k, a or last
+    for b in blocks:
+        if b.role == 'head': b.stage = first + k + 1
+    return blocks
 
 
 def _stem_backbone(blocks: list[Block], ix: Index) -> list[Block]:
@@ -102,6 +120,24 @@ def _stem_backbone(blocks: list[Block], ix: Index) -> list[Block]:
     later = [b for b in blocks if b.stage != 0]
     for b in later: b.stage += len(order) - 1
     return new + later
+
+
+def _transformer_run(body: list[Block], ix: Index) -> bool:
+    "True when the blocks are items of one container, of one class, each holding a Linear (attention, MLP)"
+    mods = dict(ix.modules)
+    tops = [_common([n.split('.') for n in b.params]) for b in body]
+    if not all(tops) or len({owner(t) for t in tops}) != 1 or len({type(mods[t]) for t in tops}) != 1:
+        return False
+    return all(any(isinstance(c, nn.Linear) for c in mods[t].modules()) for t in tops)
+
+
+def _common(parts: list[list[str]]) -> str:
+    "The dotted name of the module holding all of the parameters split into `parts` ('' for the root)"
+    out = []
+    for xs in zip(*(p[:-1] for p in parts)):
+        if len(set(xs)) > 1: break
+        out.append(xs[0])
+    return '.'.join(out)
 
 
 def _ancestors(name: str) -> list[str]:
