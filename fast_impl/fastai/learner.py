@@ -166,9 +166,10 @@ def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
     return ours, {k: v for k, v in kwargs.items() if k not in names}
 
 
-def _build(arch, n_out: int, pretrained, mkw: dict) -> nn.Module:
-    "`build_model`, an unexpected keyword reported as neither a Learner nor a builder argument"
-    try: return build_model(arch, n_out, pretrained, **mkw)
+def _build(arch, n_out: int, pretrained, mkw: dict, data=None) -> nn.Module:
+    """`build_model` (its output checked on the inputs `data`), an unexpected keyword reported as neither a
+    Learner nor a builder argument"""
+    try: return build_model(arch, n_out, pretrained, input_data=data, **mkw)
     except TypeError as e:
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if not bad or bad.group(1) not in mkw: raise
@@ -208,7 +209,8 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
     Args:
         dls: the fastai `DataLoaders`; `n_out` defaults to its number of classes.
         arch: a name (`'convnext_nano'`, `'torchvision:vit_b_16'`, `'fastai:xresnet18'`), builder or module.
-            It keeps its own architecture; only its classifier is replaced for `n_out` classes.
+            It keeps its own architecture, and its classifier when its output fits `n_out` classes; else the
+            classifier is replaced (or the builder given `num_classes=`/`n_out=`).
         groups: `'stages'`, a number of groups, cut paths (`['layer2', 'fc']`), or a splitter function;
             checked here, on the model, so a bad value fails now rather than at the first fit.
         head: module names or index paths that belong to the head group (trained while frozen), beside the
@@ -222,8 +224,8 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
     """
     check_pretrained(pretrained)
     lkw, mkw = _split_kwargs(kwargs)
-    model = _build(arch, _n_out(n_out, dls), pretrained, mkw)
     data = _one_batch(dls) if input_data is None else input_data
+    model = _build(arch, _n_out(n_out, dls), pretrained, mkw, data)
     named = named_groups(model, groups, head, data)  # one clear error for a bad groups= or head=, now
     split = groups if callable(groups) else splitter(groups, head)
     if pretrained and normalize: add_norm(dls, arch_stats(model))
