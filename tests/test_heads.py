@@ -66,5 +66,5 @@ def test_no_head_to_give_is_one_line():
     msg = str(e.value)
     assert '\n' not in msg and '[4, 5]' in msg and 'not scores for 2 classes' in msg and 'nn.Linear' in msg
     maps = nn.Sequential(nn.Conv2d(3, 2, 3))  # a feature map, even with the right channel count
-    with pytest.raises(ValueError, match=r'outputs of shape \[\[4, 2, 30, 30\]\]'):
+    with pytest.raises(ValueError, match=r'an output of shape \[4, 2, 30, 30\], not'):
         discriminative_learner(synth_dls(n_classes=2), maps, groups=1)

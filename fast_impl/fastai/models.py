@@ -114,7 +114,8 @@ def _new_head(model: nn.Module, arch, n_out: int, pretrained, kwargs: dict, inpu
     rebuilt = _with_n_out(arch, n_out, pretrained, kwargs)
     if rebuilt is not None and fits(output_shapes(rebuilt, input_data), n_out): return rebuilt
     shapes = output_shapes(model, input_data)
-    got = 'no output a pass could show' if shapes is None else f"outputs of shape {shapes}"
+    got = ('no output a pass could show' if shapes is None else
+           f"an output of shape {shapes[0]}" if len(shapes) == 1 else f"outputs of shapes {shapes}")
     raise ValueError(f"{arch_name(arch)} gives {got}, not scores for {n_out} classes, and has no Linear "
                      f"classifier to replace nor a num_classes=/n_out= argument: give it a head that ends in "
                      f"{n_out} outputs (nn.Linear)")
