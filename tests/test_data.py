@@ -85,3 +85,17 @@ def test_unreadable_images_one_line(tmp_path):
     assert str(root / 'train/a/empty.png') in msg and msg.endswith('and 2 more; remove or replace them')
     with pytest.raises(ValueError, match='1 of 13 .*/train/a/x.tiff; remove'): folder_dls(_folder(
         tmp_path / 'one', {'train/a/x.tiff': bad['train/a/x.tiff']}), size=8, bs=2)
+
+
+def test_image_cut_short_is_one_line_when_decoded(tmp_path):
+    "A JPEG cut short passes PIL's verify (no pixels read): decoding it in a batch names it"
+    import io
+    from PIL import Image
+    from fast_impl.fastai.data import folder_dls
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype('uint8')).save(buf, 'JPEG')
+    root = _folder(tmp_path, {'valid/b/cut.jpeg': buf.getvalue()[:len(buf.getvalue()) // 2]})
+    dls = folder_dls(root, size=8, bs=8)
+    with pytest.raises(ValueError, match=r'^\S+/valid/b/cut.jpeg cannot be decoded as an image \(image file '
+                                         r'is truncated.*; remove or replace it$'):
+        list(dls.valid)

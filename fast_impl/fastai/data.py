@@ -14,6 +14,7 @@ from fastai.data.core import Datasets
 from fastai.data.transforms import Categorize, GrandparentSplitter, Normalize, parent_label
 from fastai.torch_core import TensorImage
 from fastai.vision.augment import Resize
+from fastai.vision.core import PILImage
 from fastai.vision.data import ImageBlock
 
 from .. import archs
@@ -81,6 +82,16 @@ def add_norm(dls, stats):
 # ---------------------------------------------------------------- image folders and CIFAR-10
 
 
+class _Decoded(PILImage):
+    "fastai's `PILImage`, read from a file: one that cannot be decoded (a JPEG cut short) is one error line"
+    @classmethod
+    def create(cls, fn, **kwargs):
+        try: return super().create(fn, **kwargs)
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ValueError(f"{fn} cannot be decoded as an image ({str(e).splitlines()[0]}); remove or "
+                             f"replace it") from None
+
+
 def folder_dls(path, train: str = 'train', valid: str = 'valid', size: int = 32, bs: int = 64,
                limit: int | None = None, norm='none', seed: int = 0, device=None,
                num_workers: int | None = None):
@@ -92,7 +103,7 @@ def folder_dls(path, train: str = 'train', valid: str = 'valid', size: int = 32,
     if limit is not None: limit = check_count(limit, 'limit')
     vocab = class_names(path, train)
     items = check_images(folder_items(path, (train, valid), vocab, limit), path)
-    block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=vocab)), get_y=parent_label,
+    block = DataBlock(blocks=(ImageBlock(_Decoded), CategoryBlock(vocab=vocab)), get_y=parent_label,
                       item_tfms=Resize(size), splitter=GrandparentSplitter(train, valid),
                       batch_tfms=[Normalize.from_stats(*stats)] if stats else None)
     if num_workers is None and len(items) < _SMALL: num_workers = 0
