@@ -180,3 +180,27 @@ def test_groups_lr_for_a_single_group_is_the_upper_end():
     from fast_impl.app.cli import _lrs, _rates
     assert _lrs(1, _rates('1e-5:1e-3', None)) == [1e-3]  # as fastai gives slice(lo, hi) to a single group
     assert _lrs(3, _rates('1e-5:1e-3', None)) == pytest.approx([1e-5, 1e-4, 1e-3])
+
+
+def test_train_prints_each_warning_once(tmp_path):
+    r = cli('train', 'fast_impl:Plain18Layer', 'torchvision:resnet18', '--epochs', 1, '--limit', 2, '--size', 16,
+            '--lr', '1e-2:1e-4', '--out', tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert all(l.startswith('fast-impl: warning: ') for l in lines) and len(set(lines)) == len(lines), lines
+    assert sum('is reversed' in l for l in lines) == 1 and sum('batches of 20' in l for l in lines) == 1
+
+
+def test_a_warning_repeated_by_any_caller_prints_once(monkeypatch, capsys):
+    import warnings
+    from fast_impl.app import cli as app
+
+    def noisy():
+        "Warn the same twice from two lines, the filters changed in between (which resets Python's own once)"
+        warnings.warn('the same words\nsecond line')
+        with warnings.catch_warnings(): warnings.simplefilter('ignore')
+        warnings.warn('the same words')
+        warnings.warn('other words', RuntimeWarning)
+    monkeypatch.setitem(app.COMMANDS, 'noisy', noisy)
+    assert app.main(['noisy']) == 0
+    assert capsys.readouterr().err.splitlines() == ['fast-impl: warning: the same words',
+                                                    'fast-impl: warning: other words']
