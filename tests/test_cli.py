@@ -183,8 +183,8 @@ def test_groups_lr_for_a_single_group_is_the_upper_end():
 
 
 def test_train_prints_each_warning_once(tmp_path):
-    r = cli('train', 'fast_impl:Plain18Layer', 'torchvision:resnet18', '--epochs', 1, '--limit', 2, '--size', 16,
-            '--lr', '1e-2:1e-4', '--out', tmp_path)
+    r = cli('train', 'fast_impl:Plain18Layer', 'torchvision:resnet18', '--epochs', 1, '--limit', 2,
+            '--size', 16, '--lr', '1e-2:1e-4', '--out', tmp_path)
     lines = r.stderr.strip().splitlines()
     assert all(l.startswith('fast-impl: warning: ') for l in lines) and len(set(lines)) == len(lines), lines
     assert sum('is reversed' in l for l in lines) == 1 and sum('batches of 20' in l for l in lines) == 1

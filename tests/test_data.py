@@ -57,7 +57,7 @@ def test_import_has_no_fastai():
 
 
 def _folder(root, bad: dict[str, bytes]):
-    "An image folder (2 classes, 3 images each in train/ and valid/) of small images in several modes, plus `bad`"
+    "An image folder (2 classes, 3 images each in train/ and valid/), images in several modes, plus `bad`"
     from PIL import Image
     rng = np.random.default_rng(0)
     for split in ('train', 'valid'):

@@ -1,4 +1,4 @@
-"A new classifier only when the output does not fit the classes: models kept as they are, heads swapped or built."
+"A new classifier only where the output does not fit the classes: else the model trains as it is."
 from __future__ import annotations
 
 import pytest

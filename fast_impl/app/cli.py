@@ -171,8 +171,8 @@ def _groups_arg(groups: str) -> str | int:
 
 
 def _train_lr(lr: str, decay: float | None) -> float | slice:
-    """`--lr HI` or `--lr LO:HI` (not with --decay) as the rate or the slice `train_archs` takes (which warns on
-    a reversed slice: the warning comes once, from there)"""
+    """`--lr HI` or `--lr LO:HI` (not with --decay) as the rate or the slice `train_archs` takes (which
+    warns on a reversed slice: the warning comes once, from there)"""
     lo, hi, _ = _rates(lr, decay, warn=False)
     return hi if lo is None else slice(lo, hi)
 
@@ -258,7 +258,7 @@ def _user_errors() -> tuple[type, ...]:
 
 
 class _OneLine:
-    "`warnings.showwarning` for the CLI: each warning as one line, `fast-impl: warning: ...`, and each line once"
+    "`warnings.showwarning` for the CLI: each warning as one line (`fast-impl: warning: ...`), each line once"
     def __init__(self): self.seen = set()
 
     def __call__(self, message, category, filename, lineno, file=None, line=None):

@@ -104,8 +104,8 @@ class DiscriminativeLearner(Learner):
         the top, one `fit_one_cycle` per phase, ending with every group trained. `epochs`: per phase, or a
         list with one number per phase. Each group's rate: `lr_max` at the head, `decay` times the next
         group's (None: geometric from `lr_max/10`, as `slice(lr_max/10, lr_max)`). `kwargs` go to
-        `fit_one_cycle`. The logger shows each phase; without a progress bar (`learn.no_bar()`), a table of its
-        epochs under the recorder's metric names."""
+        `fit_one_cycle`. The logger shows each phase; without a progress bar (`learn.no_bar()`), a table of
+        its epochs under the recorder's metric names."""
         n = self.n_groups
         if n < 2:
             raise ValueError(f"gradual_unfreeze needs 2 or more layer groups to unfreeze one by one; this "
@@ -132,9 +132,9 @@ class DiscriminativeLearner(Learner):
 
 
 class EpochLines:
-    """A fastai logger writing the per-epoch table as plain lines, the recorder's metric names first: for logs,
-    pipes and runs without a progress bar, where fastai prints bare lists; a text (a phase's title) is printed
-    as it is, and the names again after it"""
+    """A fastai logger writing the per-epoch table as plain lines, the recorder's metric names first: for
+    logs, pipes and runs without a progress bar, where fastai prints bare lists; a text (a phase's title) is
+    printed as it is, and the names again after it"""
     def __init__(self, learn: Learner): self.learn, self.widths = learn, None
 
     def __call__(self, log):

@@ -93,7 +93,7 @@ def fits(shapes: list[list[int]] | None, n_out: int) -> bool:
 
 
 def _with_n_out(arch, n_out: int, pretrained, kwargs: dict) -> nn.Module | None:
-    "`arch` rebuilt by its own builder for `n_out` classes (`num_classes=` or `n_out=`); None if it takes neither"
+    "`arch` rebuilt by its builder for `n_out` classes (`num_classes=` or `n_out=`); None if it takes neither"
     if isinstance(arch, nn.Module): return None
     for k in ('num_classes', 'n_out'):
         if k in kwargs: continue
