@@ -143,7 +143,7 @@ def test_demo_quick_writes_table_and_plot(tmp_path):
     rows = [l for l in (tmp_path / 'results.md').read_text().splitlines() if l.startswith('| ')]
     assert len(rows) == 8  # header, rule, 6 methods
     head = '| accuracy (mean ± std) | vs best baseline (± std error) | verdict | min |'
-    assert head in rows[0] and rows[0] in out and 'win or worse beyond two standard errors' in out
+    assert head in rows[0] and rows[0] in out and 'one seed gives no standard error, so no verdict' in out
     cells = [[c.strip() for c in r.split('|')[1:-1]] for r in rows[2:]]
     assert sorted(c[5] for c in cells).count('best baseline') == 1  # one seed: no error, no verdict
     assert all(c[5] in ('best baseline', 'n/a') and c[4].endswith('± n/a') for c in cells)
@@ -162,6 +162,8 @@ def test_demo_verdict_on_made_up_numbers():
     rows = {r.split(' | ')[0][2:]: r.split(' | ') for r in table(res, ['base a', 'base b']).splitlines()[2:6]}
     assert rows['noisy'][4:6] == ['+1.2 ± 4.5', 'tie'] and rows['steady'][4:6] == ['+2.0 ± 0.0', 'win']
     assert rows['base a'][4:6] == ['-10.2 ± 1.9', 'worse'] and rows['base b'][5] == 'best baseline'
+    assert table(res, ['base a', 'base b']).endswith('averaged over the 4 seeds, ± its standard error; win or '
+                                                     'worse beyond two standard errors, else tie')
 
 
 @pytest.mark.parametrize('args,msg', [

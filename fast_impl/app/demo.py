@@ -74,8 +74,9 @@ def table(res: dict, baselines=BASELINES) -> str:
     rows = [_HEAD, ['---', '---:', '---:', '---:', '---:', '---', '---:', '---:', '---:']]
     rows += [_row(m, r, base, best) for m, r in res.items()]
     note = (f'vs best baseline: accuracy minus that of "{best}" on the same seed, in points, averaged over '
-            f'the {n} seed{"s" * (n > 1)}, ± its standard error; win or worse beyond two standard errors, '
-            f'else tie')
+            f'the {n} seeds, ± its standard error; win or worse beyond two standard errors, else tie' if n > 1
+            else f'vs best baseline: accuracy minus that of "{best}", in points; one seed gives no standard '
+                 f'error, so no verdict (n/a): run more seeds')
     return '\n'.join(['| ' + ' | '.join(c) + ' |' for c in rows] + ['', note])
 
 
