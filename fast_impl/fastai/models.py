@@ -116,16 +116,18 @@ def _new_head(model: nn.Module, arch, n_out: int, pretrained, kwargs: dict, inpu
     shapes = output_shapes(model, input_data)
     got = ('no output a pass could show' if shapes is None else
            f"an output of shape {shapes[0]}" if len(shapes) == 1 else f"outputs of shapes {shapes}")
-    raise ValueError(f"{arch_name(arch)} gives {got}, not scores for {n_out} classes, and has no Linear "
-                     f"classifier to replace nor a num_classes=/n_out= argument: give it a head that ends in "
-                     f"{n_out} outputs (nn.Linear)")
+    why = (f"fine-tuning pretrained weights gives it a new classifier for {n_out} classes" if fits(shapes, n_out)
+           else f"it gives {got}, not scores for {n_out} classes")
+    raise ValueError(f"{arch_name(arch)}: {why}, but it has no Linear classifier to replace nor a "
+                     f"num_classes=/n_out= argument: give it a head that ends in {n_out} outputs (nn.Linear)")
 
 
 def build_model(arch, n_out: int, pretrained: bool | str | os.PathLike = False, input_data=None,
                 **kwargs) -> nn.Module:
     """`arch` on the CPU with real weights (the registry's if `pretrained` is True, a file's if a path), as it
     is when its output already fits `n_out` classes (a pass on meta with `input_data`, None: its own input
-    size), else with a new `n_out`-class classifier (`set_classifier`, or its builder's `num_classes=`)"""
+    size) and it is not fine-tuned from `pretrained` weights; else with a new `n_out`-class classifier
+    (`set_classifier`, or its builder's `num_classes=`/`n_out=`)"""
     check_pretrained(pretrained)
     model = resolve(arch, device='cpu', pretrained=pretrained is True, **kwargs)
     if any(p.is_meta for p in model.parameters()):
@@ -133,7 +135,8 @@ def build_model(arch, n_out: int, pretrained: bool | str | os.PathLike = False, 
                          "(pass a name or a builder instead)")
     if pretrained not in (False, None, True): load_body(model, pretrained)
     model = _drop_aux(model)
-    if fits(output_shapes(model, input_data), n_out): return model
+    tuned = pretrained not in (False, None)  # fine-tuning: a new classifier for the new classes, always
+    if not tuned and fits(output_shapes(model, input_data), n_out): return model
     return _new_head(model, arch, n_out, pretrained, kwargs, input_data)
 
 
