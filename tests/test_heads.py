@@ -65,8 +65,8 @@ def test_no_head_to_give_is_one_line():
     with pytest.raises(ValueError) as e: discriminative_learner(synth_dls(n_classes=2), pooled(5), groups=2)
     msg = str(e.value)
     assert '\n' not in msg and 'gives an output of shape [4, 5], not scores for 2 classes' in msg
-    assert msg.endswith('has no Linear classifier to replace nor a num_classes=/n_out= argument: give it a head '
-                        'that ends in 2 outputs (nn.Linear)')
+    assert msg.endswith('has no Linear classifier to replace nor a num_classes=/n_out= argument: give it a '
+                        'head that ends in 2 outputs (nn.Linear)')
     maps = nn.Sequential(nn.Conv2d(3, 2, 3))  # a feature map, even with the right channel count
     with pytest.raises(ValueError, match=r'an output of shape \[4, 2, 30, 30\], not'):
         discriminative_learner(synth_dls(n_classes=2), maps, groups=1)
@@ -78,6 +78,6 @@ def test_fine_tuning_gets_a_new_classifier_even_when_it_fits(tmp_path):
     m = build_model(Tagged, 5, pretrained=path, input_data=torch.rand(2, 3, 8, 8))
     assert torch.equal(m.body[0].weight, src.body[0].weight) and not torch.equal(m.out.weight, src.out.weight)
     torch.save(pooled(5).state_dict(), path)
-    with pytest.raises(ValueError, match='fine-tuning pretrained weights gives it a new classifier for 5 classes, '
-                                         'but it has no Linear'):
+    with pytest.raises(ValueError, match='fine-tuning pretrained weights gives it a new classifier for 5 '
+                                         'classes, but it has no Linear'):
         build_model(lambda: pooled(5), 5, pretrained=path)

@@ -116,8 +116,8 @@ def _new_head(model: nn.Module, arch, n_out: int, pretrained, kwargs: dict, inpu
     shapes = output_shapes(model, input_data)
     got = ('no output a pass could show' if shapes is None else
            f"an output of shape {shapes[0]}" if len(shapes) == 1 else f"outputs of shapes {shapes}")
-    why = (f"fine-tuning pretrained weights gives it a new classifier for {n_out} classes" if fits(shapes, n_out)
-           else f"it gives {got}, not scores for {n_out} classes")
+    why = (f"fine-tuning pretrained weights gives it a new classifier for {n_out} classes"
+           if fits(shapes, n_out) else f"it gives {got}, not scores for {n_out} classes")
     raise ValueError(f"{arch_name(arch)}: {why}, but it has no Linear classifier to replace nor a "
                      f"num_classes=/n_out= argument: give it a head that ends in {n_out} outputs (nn.Linear)")
 
