@@ -77,6 +77,11 @@ def test_fine_tuning_gets_a_new_classifier_even_when_it_fits(tmp_path):
     torch.save(src.state_dict(), path)
     m = build_model(Tagged, 5, pretrained=path, input_data=torch.rand(2, 3, 8, 8))
     assert torch.equal(m.body[0].weight, src.body[0].weight) and not torch.equal(m.out.weight, src.out.weight)
+    from fast_impl.models import Plain18Layer  # no head: built with one (n_out=), the file's body in it
+    src = Plain18Layer(n_out=3)
+    torch.save(src.state_dict(), path)
+    m = build_model(Plain18Layer, 4, pretrained=path, input_data=torch.rand(2, 3, 16, 16))
+    assert torch.equal(m[0].weight, src[0].weight) and m[-1].out_features == 4
     torch.save(pooled(5).state_dict(), path)
     with pytest.raises(ValueError, match='fine-tuning pretrained weights gives it a new classifier for 5 '
                                          'classes, but it has no Linear'):

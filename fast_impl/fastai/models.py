@@ -107,10 +107,11 @@ def _with_n_out(arch, n_out: int, pretrained, kwargs: dict) -> nn.Module | None:
 
 
 def _new_head(model: nn.Module, arch, n_out: int, pretrained, kwargs: dict, input_data) -> nn.Module:
-    """`model` with a classifier for `n_out` classes: its own swapped, else `arch` built for `n_out` classes;
-    else one `ValueError` saying what the model gives and how to give it a head"""
-    try: return set_classifier(model, n_out)
-    except ValueError: pass
+    """`model` with a classifier for `n_out` classes (the body from a `pretrained` file): its own swapped,
+    else `arch` built for `n_out` classes; else one `ValueError` saying what the model gives and what to do"""
+    if callable(getattr(model, 'reset_classifier', None)) or _head_prefix(model) != '\0':
+        if pretrained not in (False, None, True): load_body(model, pretrained)
+        return set_classifier(model, n_out)
     rebuilt = _with_n_out(arch, n_out, pretrained, kwargs)
     if rebuilt is not None and fits(output_shapes(rebuilt, input_data), n_out): return rebuilt
     shapes = output_shapes(model, input_data)
@@ -127,13 +128,12 @@ def build_model(arch, n_out: int, pretrained: bool | str | os.PathLike = False, 
     """`arch` on the CPU with real weights (the registry's if `pretrained` is True, a file's if a path), as it
     is when its output already fits `n_out` classes (a pass on meta with `input_data`, None: its own input
     size) and it is not fine-tuned from `pretrained` weights; else with a new `n_out`-class classifier
-    (`set_classifier`, or its builder's `num_classes=`/`n_out=`)"""
+    (`set_classifier`, or its builder's `num_classes=`/`n_out=`), the weights file loaded into its body"""
     check_pretrained(pretrained)
     model = resolve(arch, device='cpu', pretrained=pretrained is True, **kwargs)
     if any(p.is_meta for p in model.parameters()):
         raise ValueError(f"{type(model).__name__} is on the meta device; a Learner needs real weights "
                          "(pass a name or a builder instead)")
-    if pretrained not in (False, None, True): load_body(model, pretrained)
     model = _drop_aux(model)
     tuned = pretrained not in (False, None)  # fine-tuning: a new classifier for the new classes, always
     if not tuned and fits(output_shapes(model, input_data), n_out): return model
