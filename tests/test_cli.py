@@ -142,6 +142,28 @@ def test_demo_quick_writes_table_and_plot(tmp_path):
     assert (tmp_path / 'transfer.png').stat().st_size > 10_000
     rows = [l for l in (tmp_path / 'results.md').read_text().splitlines() if l.startswith('| ')]
     assert len(rows) == 8  # header, rule, 6 methods
+    head = '| accuracy (mean ± std) | vs best baseline (± std error) | verdict | min |'
+    assert head in rows[0] and rows[0] in out and 'one seed gives no standard error, so no verdict' in out
+    cells = [[c.strip() for c in r.split('|')[1:-1]] for r in rows[2:]]
+    assert sorted(c[5] for c in cells).count('best baseline') == 1  # one seed: no error, no verdict
+    assert all(c[5] in ('best baseline', 'n/a') and c[4].endswith('± n/a') for c in cells)
+
+
+def test_demo_verdict_on_made_up_numbers():
+    from fast_impl.app.demo import paired, table, verdict
+    assert paired([0.5, 0.7, 0.9], [0.4, 0.5, 0.6]) == pytest.approx((0.2, 0.1 / 3 ** 0.5))
+    assert [verdict(d, 0.5) for d in (1.01, 0.99, 0, -0.99, -1.01)] == ['win', 'tie', 'tie', 'tie', 'worse']
+    assert verdict(0.3, 0.0) == 'win' and verdict(0.0, 0.0) == 'tie' and verdict(5, float('nan')) == 'n/a'
+    with pytest.raises(ValueError, match='as many'): paired([1, 2], [1, 2, 3])
+    res = {'base a': dict(acc=[.60, .62, .64, .61], time=[1] * 4, groups=1, lr=1e-3),
+           'base b': dict(acc=[.70, .74, .69, .75], time=[1] * 4, groups=1, lr=1e-3),
+           'noisy': dict(acc=[.80, .66, .77, .70], time=[2] * 4, groups=4, lr=1e-2),  # +1.2 within noise
+           'steady': dict(acc=[.72, .76, .71, .77], time=[2] * 4, groups=4, lr=1e-2)}  # +2.0 every seed
+    rows = {r.split(' | ')[0][2:]: r.split(' | ') for r in table(res, ['base a', 'base b']).splitlines()[2:6]}
+    assert rows['noisy'][4:6] == ['+1.2 ± 4.5', 'tie'] and rows['steady'][4:6] == ['+2.0 ± 0.0', 'win']
+    assert rows['base a'][4:6] == ['-10.2 ± 1.9', 'worse'] and rows['base b'][5] == 'best baseline'
+    note = table(res, ['base a', 'base b']).splitlines()[-1]
+    assert note.endswith('4 seeds, ± its standard error; win or worse beyond two standard errors, else tie')
 
 
 @pytest.mark.parametrize('args,msg', [
@@ -160,3 +182,27 @@ def test_groups_lr_for_a_single_group_is_the_upper_end():
     from fast_impl.app.cli import _lrs, _rates
     assert _lrs(1, _rates('1e-5:1e-3', None)) == [1e-3]  # as fastai gives slice(lo, hi) to a single group
     assert _lrs(3, _rates('1e-5:1e-3', None)) == pytest.approx([1e-5, 1e-4, 1e-3])
+
+
+def test_train_prints_each_warning_once(tmp_path):
+    r = cli('train', 'fast_impl:Plain18Layer', 'torchvision:resnet18', '--epochs', 1, '--limit', 2,
+            '--size', 16, '--lr', '1e-2:1e-4', '--out', tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert all(l.startswith('fast-impl: warning: ') for l in lines) and len(set(lines)) == len(lines), lines
+    assert sum('is reversed' in l for l in lines) == 1 and sum('batches of 20' in l for l in lines) == 1
+
+
+def test_a_warning_repeated_by_any_caller_prints_once(monkeypatch, capsys):
+    import warnings
+    from fast_impl.app import cli as app
+
+    def noisy():
+        "Warn the same twice from two lines, the filters changed in between (which resets Python's own once)"
+        warnings.warn('the same words\nsecond line')
+        with warnings.catch_warnings(): warnings.simplefilter('ignore')
+        warnings.warn('the same words')
+        warnings.warn('other words', RuntimeWarning)
+    monkeypatch.setitem(app.COMMANDS, 'noisy', noisy)
+    assert app.main(['noisy']) == 0
+    assert capsys.readouterr().err.splitlines() == ['fast-impl: warning: the same words',
+                                                    'fast-impl: warning: other words']

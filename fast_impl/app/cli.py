@@ -101,24 +101,25 @@ def compare(*archs: str,  # two or more architectures
     print(_render(compare_archs(list(archs), input_size=_ints(input, '--input')), format))
 
 
-def _lr_range(lr: str) -> tuple[float | None, float]:
-    "`--lr LO:HI` or `--lr HI` as (lo or None, hi), each a positive, finite rate; a reversed range warns"
+def _lr_range(lr: str, warn: bool = True) -> tuple[float | None, float]:
+    """`--lr LO:HI` or `--lr HI` as (lo or None, hi), each a positive, finite rate; a reversed range warns
+    (with `warn`: not where the API that takes the rates warns itself)"""
     from ..checks import check_lr
     lo, _, hi = lr.rpartition(':')
     try: lo, hi = (check_lr(float(lo)) if lo else None), check_lr(float(hi))
     except ValueError:
         raise CliError(f"--lr must be LO:HI or HI with positive, finite rates, such as 1e-5:1e-3; "
                        f"got {lr!r}") from None
-    if lo is not None and lo > hi:
+    if warn and lo is not None and lo > hi:
         warnings.warn(f"--lr {lr} is reversed: the stem gets the higher rate; "
                       f"write {hi:g}:{lo:g} for the usual order")
     return lo, hi
 
 
-def _rates(lr: str | None, decay: float | None) -> tuple | None:
+def _rates(lr: str | None, decay: float | None, warn: bool = True) -> tuple | None:
     "`--lr` and `--decay` checked, as (lo or None, hi, decay or None); None when neither is given"
     if lr is None and decay is None: return None
-    lo, hi = _lr_range(lr or '1e-3')
+    lo, hi = _lr_range(lr or '1e-3', warn)
     if decay is not None and lo is not None:
         raise CliError('give either --lr LO:HI or --decay D (with an optional --lr HI), not both')
     if decay is not None:
@@ -171,8 +172,9 @@ def _groups_arg(groups: str) -> str | int:
 
 
 def _train_lr(lr: str, decay: float | None) -> float | slice:
-    "`--lr HI` or `--lr LO:HI` (not with --decay) as the rate or the slice `train_archs` takes"
-    lo, hi, _ = _rates(lr, decay)
+    """`--lr HI` or `--lr LO:HI` (not with --decay) as the rate or the slice `train_archs` takes (which
+    warns on a reversed slice: the warning comes once, from there)"""
+    lo, hi, _ = _rates(lr, decay, warn=False)
     return hi if lo is None else slice(lo, hi)
 
 
@@ -256,16 +258,21 @@ def _user_errors() -> tuple[type, ...]:
     return tuple(errs)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    "A warning as one line, `fast-impl: warning: ...`, without the source file and line"
-    first = str(message).splitlines()[0] if str(message) else category.__name__
-    print(f'fast-impl: warning: {first}', file=sys.stderr)
+class _OneLine:
+    "`warnings.showwarning` for the CLI: each warning as one line (`fast-impl: warning: ...`), each line once"
+    def __init__(self): self.seen = set()
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None):
+        first = str(message).splitlines()[0] if str(message) else category.__name__
+        if first in self.seen: return  # the same warning from another arch, phase or caller
+        self.seen.add(first)
+        print(f'fast-impl: warning: {first}', file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `fast-impl`: bad input prints one line and exits with status 2; a warning is one line"
     with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
+        warnings.showwarning = _OneLine()
         for cat in (DeprecationWarning, FutureWarning):  # meant for developers, not for users of the CLI
             warnings.filterwarnings('ignore', category=cat)
         try: return run(sys.argv[1:] if argv is None else argv)

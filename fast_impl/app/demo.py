@@ -2,7 +2,7 @@
 and fine-tuning from digits 0-4 to 5-9 against the baselines (a table and a plot)."""
 from __future__ import annotations
 
-__all__ = ['RECIPES', 'BASELINES', 'evaluate', 'table', 'plot_transfer', 'demo']
+__all__ = ['RECIPES', 'BASELINES', 'evaluate', 'paired', 'verdict', 'table', 'plot_transfer', 'demo']
 
 import pathlib, tempfile
 
@@ -33,18 +33,51 @@ def evaluate(path, recipes: dict, seeds, n_per_class: int, E: int, bs: int, arch
     return res
 
 
+def paired(acc, base) -> tuple[float, float]:
+    """Mean and standard error of the seed-by-seed differences `acc - base` (each seed draws the same images
+    for every method); the error is nan with one seed"""
+    acc, base = np.asarray(acc, dtype=float), np.asarray(base, dtype=float)
+    if acc.ndim != 1 or acc.shape != base.shape or not len(acc):
+        raise ValueError(f"paired needs one value per seed for both, as many of each; got {len(acc)} and "
+                         f"{len(base)}")
+    d = acc - base
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float('nan')
+
+
+def verdict(diff: float, se: float) -> str:
+    """'win' when the paired difference `diff` is beyond two standard errors `se`, 'worse' when beyond minus
+    two, else 'tie'; 'n/a' without an error (one seed)"""
+    if not np.isfinite(se): return 'n/a'
+    return 'win' if diff > 2 * se else 'worse' if diff < -2 * se else 'tie'
+
+
+_HEAD = ['method', 'groups', 'base LR', 'accuracy (mean ± std)', 'vs best baseline (± std error)', 'verdict',
+         'min', 'max', 'time per run (s)']
+
+
+def _row(m: str, r: dict, base: np.ndarray, best: str) -> list[str]:
+    "The cells of method `m` (results `r`) against `base`, the accuracies of the best baseline `best`"
+    a = np.array(r['acc']) * 100
+    std = a.std(ddof=1) if len(a) > 1 else 0
+    d, se = paired(a, base)
+    return [m, str(r['groups']), f"{r['lr']:g}", f'{a.mean():.1f} ± {std:.1f} %',
+            f'{d:+.1f} ± ' + (f'{se:.1f}' if np.isfinite(se) else 'n/a'),
+            'best baseline' if m == best else verdict(d, se), f'{a.min():.1f}', f'{a.max():.1f}',
+            f"{np.mean(r['time']):.1f}"]
+
+
 def table(res: dict, baselines=BASELINES) -> str:
-    "The markdown results table: mean ± std accuracy, against the best of `baselines`, time, groups, LR"
-    best = max(np.mean(res[m]['acc']) for m in baselines if m in res)
-    lines = ['| method | groups | base LR | accuracy (mean ± std) | vs best baseline | min | max | '
-             'time per run (s) |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
-    for m, r in res.items():
-        a = np.array(r['acc']) * 100
-        std = a.std(ddof=1) if len(a) > 1 else 0
-        lines.append(f"| {m} | {r['groups']} | {r['lr']:g} | {a.mean():.1f} ± {std:.1f} % | "
-                     f"{a.mean() - best * 100:+.1f} | {a.min():.1f} | {a.max():.1f} | "
-                     f"{np.mean(r['time']):.1f} |")
-    return '\n'.join(lines)
+    """The markdown results table: mean ± std accuracy; the paired difference from the best of `baselines`
+    (by mean) with its standard error and a verdict; min, max, time, groups, LR; a line on how to read it"""
+    best = max((m for m in baselines if m in res), key=lambda m: np.mean(res[m]['acc']))
+    base, n = np.array(res[best]['acc']) * 100, len(res[best]['acc'])
+    rows = [_HEAD, ['---', '---:', '---:', '---:', '---:', '---', '---:', '---:', '---:']]
+    rows += [_row(m, r, base, best) for m, r in res.items()]
+    note = (f'vs best baseline: accuracy minus that of "{best}" on the same seed, in points, averaged over '
+            f'the {n} seeds, ± its standard error; win or worse beyond two standard errors, else tie' if n > 1
+            else f'vs best baseline: accuracy minus that of "{best}", in points; one seed gives no standard '
+                 f'error, so no verdict (n/a): run more seeds')
+    return '\n'.join(['| ' + ' | '.join(c) + ' |' for c in rows] + ['', note])
 
 
 def plot_transfer(res: dict, path):

@@ -14,13 +14,14 @@ from fastai.data.core import Datasets
 from fastai.data.transforms import Categorize, GrandparentSplitter, Normalize, parent_label
 from fastai.torch_core import TensorImage
 from fastai.vision.augment import Resize
+from fastai.vision.core import PILImage
 from fastai.vision.data import ImageBlock
 
 from .. import archs
 from ..checks import check_count
 from ..enums import Norm, choice
-from ..images import (CIFAR_URL, NORM_STATS, class_names, digit_classes, digits_images, folder_items,
-                      pick_per_class)
+from ..images import (CIFAR_URL, NORM_STATS, check_images, class_names, digit_classes, digits_images,
+                      folder_items, pick_per_class)
 
 _SMALL = 2000  # fewer images load in the main process: worker start-up would cost more than it saves
 
@@ -81,18 +82,28 @@ def add_norm(dls, stats):
 # ---------------------------------------------------------------- image folders and CIFAR-10
 
 
+class _Decoded(PILImage):
+    "fastai's `PILImage`, read from a file: one that cannot be decoded (a JPEG cut short) is one error line"
+    @classmethod
+    def create(cls, fn, **kwargs):
+        try: return super().create(fn, **kwargs)
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ValueError(f"{fn} cannot be decoded as an image ({str(e).splitlines()[0]}); remove or "
+                             f"replace it") from None
+
+
 def folder_dls(path, train: str = 'train', valid: str = 'valid', size: int = 32, bs: int = 64,
                limit: int | None = None, norm='none', seed: int = 0, device=None,
                num_workers: int | None = None):
     """fastai `DataLoaders` of an image folder: `path/train/CLASS/*` to train on, `path/valid/CLASS/*` to
     validate on (classes from `labels.txt` when there is one), resized to `size`; `limit` images per class
     (the first by name) in each; `norm` a `Norm` name; `num_workers` None: none for a small set, else
-    fastai's default"""
+    fastai's default. Every image is checked first (`check_images`): an unreadable one is one error line"""
     path, stats, size = pathlib.Path(path), NORM_STATS[choice(Norm, norm, 'norm')], check_count(size, 'size')
     if limit is not None: limit = check_count(limit, 'limit')
     vocab = class_names(path, train)
-    items = folder_items(path, (train, valid), vocab, limit)
-    block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=vocab)), get_y=parent_label,
+    items = check_images(folder_items(path, (train, valid), vocab, limit), path)
+    block = DataBlock(blocks=(ImageBlock(_Decoded), CategoryBlock(vocab=vocab)), get_y=parent_label,
                       item_tfms=Resize(size), splitter=GrandparentSplitter(train, valid),
                       batch_tfms=[Normalize.from_stats(*stats)] if stats else None)
     if num_workers is None and len(items) < _SMALL: num_workers = 0

@@ -16,7 +16,7 @@ from fastcore.foundation import L
 from fastprogress.fastprogress import IN_NOTEBOOK
 
 from ..enums import Opt
-from .learner import discriminative_learner
+from .learner import EpochLines, discriminative_learner
 
 
 class EpochRecorder(Recorder):
@@ -67,25 +67,11 @@ def _value(metric):
     return v.item() if hasattr(v, 'item') else v
 
 
-class _Lines:
-    "fastai's per-epoch table as plain lines, header first: for logs and pipes, which progress bars garble"
-    def __init__(self, learn): self.learn, self.widths = learn, None
-
-    def __call__(self, log):
-        if self.widths is None:
-            names = list(self.learn.recorder.metric_names)
-            self.widths = [max(len(n), 9) for n in names]
-            print(self._line(names))
-        print(self._line([f'{v:.6f}' if isinstance(v, float) else str(v) for v in log]), flush=True)
-
-    def _line(self, cells) -> str: return '  '.join(f'{c:<{w}}' for c, w in zip(cells, self.widths)).rstrip()
-
-
 def plain_table(learn):
     "Outside a terminal or notebook, no progress bars: the per-epoch table as plain lines"
     if IN_NOTEBOOK or sys.stdout.isatty(): return
     learn.remove_cb(ProgressCallback)
-    learn.logger = _Lines(learn)
+    learn.logger = EpochLines(learn)
 
 
 def opt_func(opt: Opt):

@@ -2,7 +2,7 @@
 once, with checked learning rates, the no-decay policy and ULMFiT's gradual unfreezing."""
 from __future__ import annotations
 
-__all__ = ['discriminative_learner', 'DiscriminativeLearner', 'group_labels']
+__all__ = ['discriminative_learner', 'DiscriminativeLearner', 'group_labels', 'EpochLines']
 
 import difflib, functools, inspect, os, re, warnings
 
@@ -11,9 +11,10 @@ from torch import nn
 from fastcore.basics import patch
 from fastcore.meta import delegates
 from fastai.data.transforms import get_c
+from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
-import fastai.callback.schedule, fastai.callback.progress  # noqa: F401  (fit_one_cycle, fine_tune, bars)
+import fastai.callback.schedule  # noqa: F401  (fit_one_cycle, fine_tune)
 
 from ..archs import arch_name, check_pretrained
 from ..checks import check_count, check_lrs
@@ -103,7 +104,8 @@ class DiscriminativeLearner(Learner):
         the top, one `fit_one_cycle` per phase, ending with every group trained. `epochs`: per phase, or a
         list with one number per phase. Each group's rate: `lr_max` at the head, `decay` times the next
         group's (None: geometric from `lr_max/10`, as `slice(lr_max/10, lr_max)`). `kwargs` go to
-        `fit_one_cycle`. The logger shows each phase."""
+        `fit_one_cycle`. The logger shows each phase; without a progress bar (`learn.no_bar()`), a table of
+        its epochs under the recorder's metric names."""
         n = self.n_groups
         if n < 2:
             raise ValueError(f"gradual_unfreeze needs 2 or more layer groups to unfreeze one by one; this "
@@ -117,14 +119,35 @@ class DiscriminativeLearner(Learner):
             trained = names[at] if at == n - 1 else f'{names[at]} .. {names[-1]}'
             self.logger(f'gradual unfreezing, phase {k + 1}/{len(starts)}: training {n - at} of {n} groups '
                         f'({trained})')
-            self._phased = True
+            self._phased, logger = True, self.logger
+            if logger is print and not any(isinstance(cb, ProgressCallback) for cb in self.cbs):
+                self.logger = EpochLines(self)  # no bar (`no_bar()`): a table, not fastai's bare lists
             try: self.fit_one_cycle(e, lr_max=lrs, **kwargs)
-            finally: self._phased = False
+            finally: self._phased, self.logger = False, logger
 
     fit = _checked('fit', 'lr')
     fit_one_cycle = _checked('fit_one_cycle', 'lr_max')
     fit_flat_cos = _checked('fit_flat_cos', 'lr')
     fit_sgdr = _checked('fit_sgdr', 'lr_max')
+
+
+class EpochLines:
+    """A fastai logger writing the per-epoch table as plain lines, the recorder's metric names first: for
+    logs, pipes and runs without a progress bar, where fastai prints bare lists; a text (a phase's title) is
+    printed as it is, and the names again after it"""
+    def __init__(self, learn: Learner): self.learn, self.widths = learn, None
+
+    def __call__(self, log):
+        if isinstance(log, str):
+            self.widths = None
+            return print(log, flush=True)
+        if self.widths is None:
+            names = list(self.learn.recorder.metric_names)
+            self.widths = [max(len(n), 9) for n in names]
+            print(self._line(names))
+        print(self._line([f'{v:.6f}' if isinstance(v, float) else str(v) for v in log]), flush=True)
+
+    def _line(self, cells) -> str: return '  '.join(f'{c:<{w}}' for c, w in zip(cells, self.widths)).rstrip()
 
 
 def _phase_epochs(epochs, phases: int, n: int, step) -> list[int]:
@@ -166,9 +189,10 @@ def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
     return ours, {k: v for k, v in kwargs.items() if k not in names}
 
 
-def _build(arch, n_out: int, pretrained, mkw: dict) -> nn.Module:
-    "`build_model`, an unexpected keyword reported as neither a Learner nor a builder argument"
-    try: return build_model(arch, n_out, pretrained, **mkw)
+def _build(arch, n_out: int, pretrained, mkw: dict, data=None) -> nn.Module:
+    """`build_model` (its output checked on the inputs `data`), an unexpected keyword reported as neither a
+    Learner nor a builder argument"""
+    try: return build_model(arch, n_out, pretrained, input_data=data, **mkw)
     except TypeError as e:
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if not bad or bad.group(1) not in mkw: raise
@@ -208,7 +232,8 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
     Args:
         dls: the fastai `DataLoaders`; `n_out` defaults to its number of classes.
         arch: a name (`'convnext_nano'`, `'torchvision:vit_b_16'`, `'fastai:xresnet18'`), builder or module.
-            It keeps its own architecture; only its classifier is replaced for `n_out` classes.
+            It keeps its own architecture, and its classifier when its output fits `n_out` classes; else the
+            classifier is replaced (or the builder given `num_classes=`/`n_out=`).
         groups: `'stages'`, a number of groups, cut paths (`['layer2', 'fc']`), or a splitter function;
             checked here, on the model, so a bad value fails now rather than at the first fit.
         head: module names or index paths that belong to the head group (trained while frozen), beside the
@@ -222,8 +247,8 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
     """
     check_pretrained(pretrained)
     lkw, mkw = _split_kwargs(kwargs)
-    model = _build(arch, _n_out(n_out, dls), pretrained, mkw)
     data = _one_batch(dls) if input_data is None else input_data
+    model = _build(arch, _n_out(n_out, dls), pretrained, mkw, data)
     named = named_groups(model, groups, head, data)  # one clear error for a bad groups= or head=, now
     split = groups if callable(groups) else splitter(groups, head)
     if pretrained and normalize: add_norm(dls, arch_stats(model))
