@@ -93,12 +93,27 @@ def task_dls(task: str, seed: int, n_per_class: int, bs: int):
 # ---------------------------------------------------------------- running jobs (one torch thread each)
 
 
+def keep_head(method):
+    """`method` with the pretrained classifier kept (the corrupted digits have the pretraining's classes),
+    where its model is the pretrained one (fastai's `vision_learner` builds its own head: it stays new)"""
+    def with_head(dls, path, E, lr, arch):
+        from fast_impl.archs import read_weights
+        learn, fit = method(dls, path, E, lr, arch=arch)
+        sd, own = read_weights(path), learn.model.state_dict()
+        if sd.keys() == own.keys() and all(v.shape == own[k].shape for k, v in sd.items()):
+            learn.model.load_state_dict(sd)
+        return learn, fit
+    return with_head
+
+
 def _job(args) -> tuple[float, float, int]:
     "One fine-tuning run: (method, task, seed, lr, path, n_per_class, epochs, bs, family)"
     method, task, seed, lr, path, n, E, bs, family = args
     torch.set_num_threads(1)
     dls = lambda s, n_, b: task_dls(task, s, n_, b)
-    return run(SHIFT_METHODS[method], seed, path, n, E, lr, bs, FAMILIES[family][0], dls=dls)
+    m = SHIFT_METHODS[method]
+    if task != 'label' and method != 'from scratch': m = keep_head(m)
+    return run(m, seed, path, n, E, lr, bs, FAMILIES[family][0], dls=dls)
 
 
 def run_all(jobs: list, workers: int) -> list:
@@ -206,6 +221,9 @@ def _setup(c: dict) -> str:
   CIFAR-10-C style; a fixed corruption per image); test set: the 20% the pretraining held out (180
   images), corrupted; {c['n_per_class']} labelled images per class from the other 80%, corrupted. Label
   shift: digits 5-9, {c['n_per_class']} labelled images per class, all the others (about 850) to test.
+- Heads: on the corrupted digits (the pretraining's classes) every pretrained model keeps its pretrained
+  classifier, as in the paper (fastai's `vision_learner` builds its own new head); on the label shift every
+  method gets a new one, so "pretrained, no fine-tuning" there has a random head (a floor, not a baseline).
 - Every method: {c['epochs']} epochs, Adam, batch size {c['bs']}, wd 0.01, one-cycle; scored once at the end.
   {c['tuning']}
 - Baselines: {'; '.join(c['baselines'])}. Surgical: only the first (stem) or the last (head)

@@ -142,6 +142,9 @@ def test_bad_arguments_one_line():
                            (lambda: learner(train_groups='stem'), ValueError, 'train_groups must be')]:
         with pytest.raises(err, match=msg) as e: make()
         assert '\n' not in str(e.value)
+    one = discriminative_learner(dls(), cnn(), groups=1, opt_func=SGD)
+    with pytest.warns(UserWarning, match='single parameter group changes nothing'):
+        one.fit(1, 1e-3, cbs=AutoRGN())
 
 
 def loop(per, sched, steps=6, wd=0.):

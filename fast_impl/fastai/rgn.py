@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ['AutoRGN']
 
-import math
+import math, warnings
 
 from fastai.callback.core import Callback
 
@@ -25,7 +25,12 @@ class AutoRGN(Callback):
     def __init__(self, per='group', record: bool = True):
         self.rgn, self._saved, self._updates = RGN(per, record), None, None
 
-    def before_fit(self): self._names = group_labels(self.learn)
+    def before_fit(self):
+        self._names = group_labels(self.learn)
+        if len(self._names) == 1 and self.rgn.per is Per.group:
+            warnings.warn("AutoRGN on a Learner with a single parameter group changes nothing (its factor is "
+                          "always 1): split the model, e.g. discriminative_learner(dls, arch, groups='stages'), "
+                          "or use AutoRGN('tensor')", stacklevel=2)
 
     def before_step(self):
         if not self.training: return
