@@ -226,8 +226,9 @@ def _setup(c: dict) -> str:
   method gets a new one, so "pretrained, no fine-tuning" there has a random head (a floor, not a baseline).
 - Every method: {c['epochs']} epochs, Adam, batch size {c['bs']}, wd 0.01, one-cycle; scored once at the end.
   {c['tuning']}
-- Baselines: {'; '.join(c['baselines'])}. Surgical: only the first (stem) or the last (head)
-  stage group trains (`learn.train_only`); Auto-RGN: stage groups, `fit_one_cycle(lr)` with `AutoRGN(per)`.
+- Baselines: {'; '.join(c['baselines'][:2])};
+  {'; '.join(c['baselines'][2:])}. Surgical: only the first (stem) or the last (head) stage group
+  trains (`learn.train_only`); Auto-RGN: stage groups, `fit_one_cycle(lr)` with `AutoRGN(per)`.
 - Verdicts: paired by seed against the task's best baseline; "win" only where the mean difference exceeds two
   standard errors, "worse" below minus two, "tie" otherwise.
 """

@@ -120,10 +120,8 @@ class Updates:
     def apply(self) -> None:
         "Scale the update each tensor just got by its factor"
         if not self.ps: return
-        with torch.no_grad():
-            now = [p.detach() for p in self.ps]
-            torch._foreach_lerp_(self.before, now, self.fs)  # before + f * (now - before)
-            torch._foreach_copy_(now, self.before)
+        with torch.no_grad():  # now + (1 - f) * (before - now) = before + f * (now - before), in place
+            torch._foreach_lerp_([p.detach() for p in self.ps], self.before, [1. - f for f in self.fs])
         self.ps = self.before = []
 
 

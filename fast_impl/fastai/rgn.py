@@ -28,9 +28,9 @@ class AutoRGN(Callback):
     def before_fit(self):
         self._names = group_labels(self.learn)
         if len(self._names) == 1 and self.rgn.per is Per.group:
-            warnings.warn("AutoRGN on a Learner with a single parameter group changes nothing (its factor is "
-                          "always 1): split the model, e.g. discriminative_learner(dls, arch, groups='stages'), "
-                          "or use AutoRGN('tensor')", stacklevel=2)
+            warnings.warn("AutoRGN on a Learner with a single parameter group changes nothing (its factor "
+                          "is always 1): split the model, e.g. discriminative_learner(dls, arch, "
+                          "groups='stages'), or use AutoRGN('tensor')", stacklevel=2)
 
     def before_step(self):
         if not self.training: return
