@@ -8,8 +8,9 @@ comes from them).
 """
 from __future__ import annotations
 
-__all__ = ['vit_digits', 'blocks_decay', 'phases', 'stages_gradual', 'METHODS', 'BASELINES', 'FAMILIES',
-           'tune', 'evaluate', 'table', 'per_seed', 'pretrain']
+__all__ = ['vit_digits', 'blocks_decay', 'phases', 'stages_gradual', 'surgical', 'auto_rgn', 'no_fine_tuning',
+           'METHODS', 'BASELINES', 'FAMILIES', 'SHIFT_METHODS', 'tune', 'evaluate', 'table', 'per_seed',
+           'pretrain']
 
 import math
 
@@ -18,6 +19,7 @@ from fastprogress.fastprogress import progress_bar
 
 from fast_impl.app import demo
 from fast_impl.app.demo import table  # noqa: F401  (the results table, shared with the demo)
+from fast_impl.fastai.rgn import AutoRGN
 from fast_impl.fastai.xresnet import xresnet18_half
 from fast_impl.fastai.recipes import SkipValid, pretrain, pretrained_learner, run  # noqa: F401  (pretrain)
 from fast_impl.lr import layer_decay
@@ -51,6 +53,28 @@ def stages_gradual(dls, path, E, lr, arch=xresnet18_half, decay=0.75):
     return learn, lambda: learn.gradual_unfreeze(per, lr_max=lr, decay=decay, step=step, cbs=SkipValid())
 
 
+def surgical(groups):
+    "Surgical fine-tuning (Lee et al. 2023): only the stage groups `groups` train (`train_only`), at one LR"
+    def method(dls, path, E, lr, arch=xresnet18_half):
+        learn = pretrained_learner(dls, path, arch)
+        learn.train_only(groups)
+        return learn, lambda: learn.fit_one_cycle(E, lr, cbs=SkipValid())
+    return method
+
+
+def auto_rgn(per: str):
+    "Stage groups, one-cycle at `lr` times Auto-RGN's normalised relative gradient norm (`AutoRGN(per)`)"
+    def method(dls, path, E, lr, arch=xresnet18_half):
+        learn = pretrained_learner(dls, path, arch)
+        return learn, lambda: learn.fit_one_cycle(E, lr, cbs=[SkipValid(), AutoRGN(per)])
+    return method
+
+
+def no_fine_tuning(dls, path, E, lr, arch=xresnet18_half):
+    "The pretrained model as it is (its own head): a reference where the classes are the pretraining's"
+    return pretrained_learner(dls, path, arch), lambda: None
+
+
 METHODS = {m: method for m, (method, _) in demo.RECIPES.items()} | {
     'fast_impl blocks + layer decay 0.75': blocks_decay,
     'fast_impl stage groups + gradual unfreezing': stages_gradual}
@@ -82,3 +106,13 @@ def per_seed(res: dict, seeds) -> str:
     head = '| method | ' + ' | '.join(f'seed {s}' for s in seeds) + ' |'
     rows = [f"| {m} | " + ' | '.join(f'{a * 100:.1f}' for a in r['acc']) + ' |' for m, r in res.items()]
     return '\n'.join([head, '| --- |' + ' ---: |' * len(seeds), *rows])
+# the shift benchmark's (bench/shift_transfer.py) methods, baselines first
+SHIFT_METHODS = {'from scratch': METHODS['from scratch'],
+                 'whole model, one LR': METHODS['whole model, one LR'],
+                 'fastai vision_learner + fine_tune': METHODS['fastai vision_learner + fine_tune'],
+                 'pretrained, no fine-tuning': no_fine_tuning,
+                 'stage groups + slice(lr/10, lr)': METHODS['fast_impl stage groups + slice(lr/10, lr)'],
+                 'stage groups + layer decay 0.75': METHODS['fast_impl stage groups + layer decay 0.75'],
+                 'stage groups + gradual unfreezing': stages_gradual,
+                 'surgical: first group only': surgical([0]), 'surgical: last group only': surgical([-1]),
+                 'Auto-RGN per group': auto_rgn('group'), 'Auto-RGN per tensor': auto_rgn('tensor')}

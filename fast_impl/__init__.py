@@ -13,7 +13,7 @@ _WHERE = {
     'split_stages': 'split', 'split_blocks': 'split', 'split_n': 'split', 'split_at': 'split',
     'check_groups': 'split', 'group_table': 'split', 'splitter': 'split',
     'param_groups': 'optim', 'layer_decay': 'lr', 'GroupTracker': 'optim',
-    'discriminative_learner': 'fastai.learner', 'GroupStats': 'fastai.callbacks',
+    'discriminative_learner': 'fastai.learner', 'GroupStats': 'fastai.callbacks', 'AutoRGN': 'fastai.rgn',
     'digits_dls': 'fastai.data',
 }
 __all__ = [*_WHERE, 'models']

@@ -1,7 +1,8 @@
 "Argument checks, one home for each kind: counts, rates, decay, weight decay, devices; one clear line each."
 from __future__ import annotations
 
-__all__ = ['check_count', 'check_lr', 'check_lrs', 'check_decay', 'check_wd', 'check_device']
+__all__ = ['check_count', 'check_lr', 'check_lrs', 'check_decay', 'check_wd', 'check_device',
+           'check_indices']
 
 import math, numbers, warnings
 
@@ -72,3 +73,15 @@ def check_device(device, meta: bool = True) -> torch.device:
     if dev.index is not None and dev.index >= count:
         raise ValueError(f"device {str(dev)!r} does not exist: this machine has {count} {dev.type} device(s)")
     return dev
+
+
+def check_indices(v, n: int, what: str = 'groups') -> list[int]:
+    """`v` (an index or a list of them, negative from the end) as sorted indices into `n` items, each once;
+    else a `ValueError` naming the valid range"""
+    items = [v] if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v
+    ok = isinstance(items, (list, tuple, range)) and len(items) > 0 and all(
+        isinstance(i, (int, np.integer)) and not isinstance(i, bool) and -n <= i < n for i in items)
+    if not ok:
+        raise ValueError(f"{what} must be a group index or a non-empty list of them, each in 0..{n - 1} "
+                         f"(or -{n}..-1 from the head); got {v!r}")
+    return sorted({int(i) % n for i in items})

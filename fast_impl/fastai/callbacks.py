@@ -13,6 +13,7 @@ from ..split import group_table
 from ..split.table import GroupTable
 from ..tree import unwrap
 from .learner import group_labels
+from .rgn import AutoRGN
 
 
 @patch
@@ -51,13 +52,15 @@ class GroupStats(Callback):
     and the update-to-weight ratio ||delta w|| / ||w||. Given to the Learner (`cbs=GroupStats()`) it records
     every fit, as `learn.group_stats`; given to one fit (`gs = GroupStats(); learn.fit(1, cbs=gs)`) it keeps
     what it recorded after. `.df` is the table (it runs on across fits, `reset()` clears it), `.plot()` and
-    `learn.plot_group_stats()` the figure. Frozen groups show NaN."""
+    `learn.plot_group_stats()` the figure. Frozen groups show NaN. With `AutoRGN` in the fit, an `rgn` column
+    holds each step's Auto-RGN factor (the rate used is the scheduled one times it; per tensor: the group's
+    largest)."""
     order = 60  # after the schedulers (the rates of this step)
 
     def __init__(self, every: int = 1):
-        self.tracker = optim.GroupTracker(None, every)
+        self.tracker, self._rgn = optim.GroupTracker(None, every), []
 
-    def reset(self): self.tracker.rows, self.tracker.n = [], 0
+    def reset(self): self.tracker.rows, self.tracker.n, self._rgn = [], 0, []
 
     def before_fit(self):
         self._names = group_labels(self.learn)
@@ -71,12 +74,20 @@ class GroupStats(Callback):
                             hypers=opt.hypers)
 
     def after_step(self):
-        if self.training: self.tracker.after()
+        if not self.training: return
+        n = len(self.tracker.rows)
+        self.tracker.after()
+        if len(self.tracker.rows) == n: return
+        rgn = next((cb for cb in self.learn.cbs if isinstance(cb, AutoRGN)), None)
+        last = rgn.last if rgn is not None and len(rgn.last) == len(self.tracker.rows) - n else []
+        self._rgn += last or [float('nan')] * (len(self.tracker.rows) - n)
 
     @property
     def df(self):
-        "`step, group, name, lr, grad_norm, update_ratio`: one row per recorded step and layer group"
-        return self.tracker.df
+        "`step, group, name, lr, grad_norm, update_ratio` (and `rgn` under AutoRGN): a row per step and group"
+        df = self.tracker.df
+        if any(x == x for x in self._rgn): df['rgn'] = self._rgn
+        return df
 
     def plot(self, figsize=(11, 3)):
         "Learning rate, gradient norm and update ratio per layer group against the step (log scale)"

@@ -17,7 +17,7 @@ from fastai.optimizer import OptimWrapper
 import fastai.callback.schedule  # noqa: F401  (fit_one_cycle, fine_tune)
 
 from ..archs import arch_name, check_pretrained
-from ..checks import check_count, check_lrs
+from ..checks import check_count, check_indices, check_lrs
 from ..optim import group_rates, no_decay_params
 from ..split.splitters import as_groups, named_groups, splitter
 from .data import add_norm
@@ -81,10 +81,26 @@ class DiscriminativeLearner(Learner):
 
     def freeze_to(self, n: int):
         if self.opt is None: self.create_opt()
+        self.trained_groups = None
         if len(self.opt.param_lists) == 1 and n != 0:
             warnings.warn("freeze_to/freeze on a Learner with a single parameter group freezes nothing; "
                           "split the model with groups='stages', an int, or cuts", stacklevel=2)
         super().freeze_to(n)
+
+    trained_groups = None  # the groups `train_only` keeps training (the rest frozen), or None
+
+    def train_only(self, groups: int | list[int]):
+        """Surgical fine-tuning (Lee et al., ICLR 2023): train only the layer groups `groups` (indices, -1 the
+        head), every other group frozen with its norm layers, so its parameters stay bit-for-bit unchanged
+        (its BatchNorm running statistics still follow the data in training mode, as under `freeze`).
+        `freeze`/`unfreeze` (and `fine_tune`, which calls them) end it."""
+        if self.opt is None: self.create_opt()
+        keep = check_indices(groups, self.n_groups, 'train_groups')
+        self.opt.freeze_to(0)
+        for i, ps in enumerate(self.opt.param_lists):
+            for p in ps: p.requires_grad_(i in keep)
+        self.opt.clear_state()
+        self.trained_groups = keep
 
     def _check(self, name: str, lr):
         "Raise on a non-positive or non-finite rate; warn (once per fit) on per-group rates for frozen groups"
@@ -226,7 +242,7 @@ def _one_batch(dls):
 @delegates(Learner.__init__, keep=True, but=['dls', 'model', 'splitter'])
 def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | os.PathLike = False,
                            n_out: int | None = None, normalize: bool = True, head=None, input_data=None,
-                           **kwargs) -> DiscriminativeLearner:
+                           train_groups: int | list[int] | None = None, **kwargs) -> DiscriminativeLearner:
     """A fastai `Learner` for any timm, torchvision, fastai or fast_impl classifier, split into layer groups.
 
     Args:
@@ -242,6 +258,8 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
             inputs, a dict of keyword inputs); by default the inputs of one batch of `dls`.
         pretrained: `True` for the registry's weights, or a local weights file; then the model is frozen
             (all but the head group) and, with `normalize`, the arch's mean/std are added to `dls`.
+        train_groups: surgical fine-tuning: train only these layer groups (`[0]` the stem, `-1` the head),
+            the others frozen bit-for-bit (`learn.train_only`).
         kwargs: `Learner` arguments (`metrics`, `opt_func`, `wd`, `cbs`, ...); the rest go to the arch builder
             (`img_size`, `image_size`, `drop_path_rate`, ...).
     """
@@ -255,4 +273,5 @@ def discriminative_learner(dls, arch, groups='stages', pretrained: bool | str | 
     learn = DiscriminativeLearner(dls, model, splitter=split, **lkw)
     learn._groups, learn._input_data = ((model, split, _param_ids(model)), named), data  # the optimizer's
     if pretrained: learn.freeze()
+    if train_groups is not None: learn.train_only(train_groups)
     return learn

@@ -99,13 +99,18 @@ def stages_decay(dls, path, E, lr, arch=xresnet18_half, decay=0.75):
 
 
 def run(method, seed: int, path, n_per_class: int, E: int, lr: float, bs: int,
-        arch=xresnet18_half) -> tuple[float, float, int]:
-    "Accuracy on the unlabelled digits 5-9, seconds and number of groups of one fine-tuning run of `method`"
+        arch=xresnet18_half, dls=None) -> tuple[float, float, int]:
+    """Accuracy on the unlabelled digits 5-9, seconds and number of groups of one fine-tuning run of `method`;
+    `dls`: a function `(seed, n_per_class, bs) -> DataLoaders` of another task"""
     t = time.perf_counter()
     set_seed(seed)
-    dls = digits_dls(range(5, 10), n_per_class=n_per_class, bs=bs, seed=seed)
+    dls = (dls or _digits_5_9)(seed, n_per_class, bs)
     learn, fit = method(dls, path, E, lr, arch=arch)
     with learn.no_bar(), learn.no_logging():
         fit()
         acc = float(learn.validate()[1])
     return acc, time.perf_counter() - t, len(learn.opt.param_lists)
+
+
+def _digits_5_9(seed: int, n_per_class: int, bs: int):
+    return digits_dls(range(5, 10), n_per_class=n_per_class, bs=bs, seed=seed)
