@@ -38,7 +38,8 @@ def test_param_groups_stages_rates_names_and_weight_decay():
     for g in gs:  # each layer group: weights with decay, then norms and biases without
         assert g['weight_decay'] == (0.0 if id(g['params'][0]) in no_wd else 0.05)
         assert all((id(p) in no_wd) == (g['weight_decay'] == 0) for p in g['params'])
-    assert _names(m, gs[0]['params']) == ['conv1.weight'] and _names(m, gs[1]['params']) == ['bn1.weight', 'bn1.bias']
+    assert _names(m, gs[0]['params']) == ['conv1.weight']
+    assert _names(m, gs[1]['params']) == ['bn1.weight', 'bn1.bias']
     assert [g['group'] for g in gs] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     # wd=0: one optimizer group per layer group; the split is the one split_stages makes
     plain = param_groups(m, 1e-3)
@@ -48,10 +49,12 @@ def test_param_groups_stages_rates_names_and_weight_decay():
 def test_param_groups_layer_decay_and_other_groupings():
     m = resolve('torchvision:resnet18')
     gs = param_groups(m, 1e-2, groups=3, decay=0.5)
-    assert [g['lr'] for g in gs] == [2.5e-3, 5e-3, 1e-2] and [g['name'] for g in gs] == ['group 1', 'group 2', 'head']
+    assert [g['lr'] for g in gs] == [2.5e-3, 5e-3, 1e-2]
+    assert [g['name'] for g in gs] == ['group 1', 'group 2', 'head']
     gs = param_groups(m, 1e-2, groups=['layer3'], decay=0.5)
     assert [g['lr'] for g in gs] == [5e-3, 1e-2] and _names(m, gs[1]['params'])[0] == 'layer3.0.conv1.weight'
-    fn = lambda model: [list(model.layer4.parameters()), [p for n, p in model.named_parameters() if 'layer4' not in n]]
+    fn = lambda model: [list(model.layer4.parameters()),
+                        [p for n, p in model.named_parameters() if 'layer4' not in n]]
     gs = param_groups(m, 1e-2, groups=fn, decay=1.0)
     assert [g['lr'] for g in gs] == [1e-2, 1e-2] and [g['name'] for g in gs] == ['group 1', 'group 2']
     gs = param_groups(m, 1e-2, groups='stages', head='layer4')  # head= joins layer4 to the head group
@@ -65,7 +68,8 @@ def test_blocks_torchvision_vit_embeddings_blocks_final_norm_with_head():
     assert [n for n, _ in named] == ['stem'] + [f'block {i}' for i in range(1, 13)] + ['head']
     assert sorted(_names(m, named[0][1])) == sorted(['class_token', 'conv_proj.weight', 'conv_proj.bias',
                                                      'encoder.pos_embedding'])
-    assert _names(m, named[-1][1]) == ['encoder.ln.weight', 'encoder.ln.bias', 'heads.head.weight', 'heads.head.bias']
+    assert _names(m, named[-1][1]) == ['encoder.ln.weight', 'encoder.ln.bias', 'heads.head.weight',
+                                       'heads.head.bias']
     assert all(n.startswith(f'encoder.layers.encoder_layer_{i}.') for i in range(12)
                for n in _names(m, named[i + 1][1]))
     gs = param_groups(m, 1e-3, 'blocks', decay=0.65)
@@ -80,15 +84,17 @@ def test_blocks_on_a_users_model_and_a_fastai_model():
     assert split_blocks(m) == [g for _, g in named]
 
 
-@pytest.mark.parametrize('arch', ['vit_tiny_patch16_224', 'convnext_nano', 'resnet18', 'swin_tiny_patch4_window7_224',
-                                  'efficientnet_b0', 'deit_tiny_distilled_patch16_224'])
+@pytest.mark.parametrize('arch', ['vit_tiny_patch16_224', 'convnext_nano', 'resnet18',
+                                  'swin_tiny_patch4_window7_224', 'efficientnet_b0',
+                                  'deit_tiny_distilled_patch16_224'])
 def test_blocks_match_timm_layer_decay(arch):
     "Every parameter gets the LR scale and weight decay of timm's own param_groups_layer_decay"
     from timm.optim import param_groups_layer_decay
     m = resolve(arch)
     names = {id(p): n for n, p in m.named_parameters()}
     theirs = {names[id(p)]: (g['lr_scale'], g['weight_decay'])
-              for g in param_groups_layer_decay(m, 0.05, getattr(m, 'no_weight_decay', set)(), layer_decay=0.7) for p in g['params']}
+              for g in param_groups_layer_decay(m, 0.05, getattr(m, 'no_weight_decay', set)(),
+                                                layer_decay=0.7) for p in g['params']}
     ours = {names[id(p)]: (g['lr_scale'], g['weight_decay'])
             for g in param_groups(m, 1.0, 'blocks', decay=0.7, wd=0.05) for p in g['params']}
     assert ours.keys() == theirs.keys()
@@ -101,7 +107,8 @@ def test_no_decay_follows_every_no_weight_decay_list_with_wildcards():
     from timm.optim import param_groups_layer_decay
     m = resolve('xcit_nano_12_p16_224')
     names = {id(p): n for n, p in m.named_parameters()}
-    wd = {names[id(p)]: g['weight_decay'] for g in param_groups(m, 1.0, 'blocks', decay=0.7, wd=0.05) for p in g['params']}
+    wd = {names[id(p)]: g['weight_decay']
+          for g in param_groups(m, 1.0, 'blocks', decay=0.7, wd=0.05) for p in g['params']}
     timm_wd = {names[id(p)]: g['weight_decay'] for g in param_groups_layer_decay(m, 0.05, m.no_weight_decay())
                for p in g['params']}
     assert wd['pos_embed.token_projection.weight'] == 0 == timm_wd['pos_embed.token_projection.weight']
@@ -120,14 +127,15 @@ def test_blocks_timm_with_a_new_head_and_headless():
 
 
 def test_blocks_of_a_users_wrapper_around_a_timm_backbone():
-    "timm's own blocks inside a user's model; the wrapper's layers before it join the stem, those after it the head"
+    "timm's blocks inside a user's model: the wrapper's layers before it join the stem, the later ones the head"
     import timm
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
             self.pre = nn.Conv2d(1, 3, 1)  # grey images in
-            self.head = nn.Sequential(nn.Linear(640, 64), nn.ReLU(), nn.Linear(64, 2))  # registered before the body
+            # registered before the body
+            self.head = nn.Sequential(nn.Linear(640, 64), nn.ReLU(), nn.Linear(64, 2))
             self.backbone = timm.create_model('convnext_nano', num_classes=0)
         def forward(self, x): return self.head(self.backbone(self.pre(x)))
     with torch.device('meta'): net = Net()
@@ -135,8 +143,8 @@ def test_blocks_of_a_users_wrapper_around_a_timm_backbone():
     alone = named_groups(timm.create_model('convnext_nano', num_classes=0).to('meta'), 'blocks')
     assert len(named) == len(alone) + 1  # timm's blocks, and a head
     assert _names(net, named[0][1])[:3] == ['pre.weight', 'pre.bias', 'backbone.stem.0.weight']
-    assert named[-1][0] == 'head' and _names(net, named[-1][1]) == ['head.0.weight', 'head.0.bias', 'head.2.weight',
-                                                                       'head.2.bias']
+    assert named[-1][0] == 'head'
+    assert _names(net, named[-1][1]) == ['head.0.weight', 'head.0.bias', 'head.2.weight', 'head.2.bias']
     # LeViT's classifier is two heads (head, head_dist): both in the head group
     levit = resolve('levit_128')
     last = named_groups(levit, 'blocks')[-1]
@@ -163,7 +171,8 @@ def test_param_groups_drive_a_real_optimizer_and_the_tracker():
         m(torch.rand(2, 3, 8, 8)).sum().backward()
         grads = [torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in g['params']])).item()
                  for g in opt.param_groups]
-        ws = [torch.linalg.vector_norm(torch.cat([p.flatten() for p in g['params']])).item() for g in opt.param_groups]
+        ws = [torch.linalg.vector_norm(torch.cat([p.flatten() for p in g['params']])).item()
+              for g in opt.param_groups]
         with tr.step(): opt.step()
     df = tr.df
     assert list(df.columns) == ['step', 'group', 'name', 'lr', 'grad_norm', 'update_ratio']

@@ -347,7 +347,8 @@ def named_at(model, paths, head=None, input_data=None) -> list[tuple[str, list[n
     "`split_at` with each group's name: 'group 1', ..., and 'head' for the head group `head=` makes"
     # paths: index paths like `[4]`, dotted names like `'layer2'`
     p = _plan(model, head, input_data) if head is not None else None
-    ix = p.index if p else model.index if isinstance(model, Plan) else Index(as_model(model), input_data=input_data)
+    ix = (p.index if p else model.index if isinstance(model, Plan)
+          else Index(as_model(model), input_data=input_data))
     cuts = _cut_names(ix.model, paths)
     if not cuts: raise ValueError("split_at needs at least one cut: an index path like [4] "
                                   "or a dotted name like 'layer2'")
