@@ -127,7 +127,7 @@ def test_blocks_timm_with_a_new_head_and_headless():
 
 
 def test_blocks_of_a_users_wrapper_around_a_timm_backbone():
-    "timm's blocks inside a user's model: the wrapper's layers before it join the stem, the later ones the head"
+    "timm's blocks inside a user's model: the wrapper's layers before them join the stem, later ones the head"
     import timm
 
     class Net(nn.Module):
