@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DOCS   := NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --clean
 
 .PHONY: test demo nbs docs docs-check bench clean
 
@@ -19,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml
 test: $(STAMP)
 	@log=$$(mktemp); $(PY) tools/run_nbs.py nbs >$$log 2>&1 & pid=$$!; \
 	$(PY) -m pytest; tests=$$?; wait $$pid; nbs=$$?; cat $$log; rm -f $$log; docs=0; \
-	if $(PY) tools/docs_check.py --find >/dev/null; then $(MAKE) --no-print-directory docs-check || docs=1; \
+	if $(PY) tools/docs_check.py --find >/dev/null; then { $(DOCS) -q && $(PY) tools/docs_check.py _docs; } || docs=1; \
 	else echo "docs-check skipped: no Chromium on the PATH (Debian: apt-get install chromium)"; fi; \
 	test $$tests -eq 0 && test $$nbs -eq 0 && test $$docs -eq 0
 
@@ -33,7 +34,7 @@ nbs: $(STAMP)
 # the documentation site in _docs/ from the notebooks' stored outputs and the docstrings (mkdocs.yml);
 # fails, naming it, on a notebook that raised or was never run
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --clean
+	$(DOCS)
 	@echo "open _docs/index.html (for search, serve it: $(PY) -m http.server -d _docs)"
 
 # the built site opened in headless Chromium at 1280 px (tools/docs_check.py): fails, naming the page and the
