@@ -146,11 +146,11 @@ def _embeddings_in_stem(blocks: list[Block], ix: Index) -> list[Block]:
     # a norm with an activation inside (BiT's GroupNormActivation) holds no token
     loose = lambda p: any(True for _ in mods[owner(p)].children()) and not is_norm(mods[owner(p)])
     # held inside a module of its own block (MultiheadAttention's in_proj_weight): part of that layer
-    inside = lambda b, p: any(m and under(owner(p), m) for m in b.modules)
-    rest = [p for b in body if b.stage != body[0].stage for p in b.params if not inside(b, p)]
-    start = min((rank[p] for p in rest if p in rank and not loose(p)), default=None)
+    inside = lambda b, p: any(m and owner(p) != m and under(owner(p), m) for m in b.modules)
+    rest = [(b, p) for b in body if b.stage != body[0].stage for p in b.params]
+    start = min((rank[p] for _, p in rest if p in rank and not loose(p)), default=None)
     if start is None: return blocks
-    early = [p for p in rest if loose(p) and rank.get(p, start) < start]
+    early = [p for b, p in rest if loose(p) and not inside(b, p) and rank.get(p, start) < start]
     stem = [b for b in body if b.stage == body[0].stage][-1]
     return _move(early, stem, blocks, ix)
 
