@@ -351,14 +351,18 @@ def run(arch, input_size=None, input_data=None, device='meta', dtype=torch.float
     else: raise _size_hint(first, model, arch, input_size, input_data)
     warnings.warn(f"{arch_name(arch)} cannot run on the meta device ({first}); "
                   "ran on the CPU with real weights", stacklevel=3)
-    cpu = torch.device('cpu')
-    return record(cpu_model(arch, kwargs), example_inputs(size, input_data, cpu, dtype), structure=structure,
-                  order=order)
+    cpu, model = torch.device('cpu'), cpu_model(arch, kwargs)
+    try: return record(model, example_inputs(size, input_data, cpu, dtype), structure=structure, order=order)
+    except ForwardError as e: raise _size_hint(e, model, arch, input_size, input_data) from e.__cause__
 
 
 def _size_hint(e: ForwardError, model: nn.Module, arch, input_size, input_data) -> ForwardError:
     "`e`, its message ending with the input to give: the size the arch is made for, else one of its rank"
     if input_data is not None: return e
+    if not e.module and isinstance(e.__cause__, TypeError) and 'argument' in str(e.__cause__):
+        e.args = (f"{e.args[0]} ({arch_name(arch)} takes other inputs than one tensor: give input_data=, "
+                  f"a tuple of its positional inputs or a dict of its keyword inputs)",)
+        return e
     native, best = native_input_size(model, arch), input_sizes(model, arch)[0]
     if input_size is not None and (tuple(input_size) == tuple(best) or native is None
                                    and len(check_size(input_size)[0]) == len(best)): return e

@@ -124,6 +124,13 @@ def test_layer_summary_with_keyword_and_integer_inputs():
     assert t.output_shapes == [[2, 4]]
 
 
+def test_missing_inputs_name_input_data():
+    "A model fed several inputs, summarised without them: the error says to give input_data="
+    from fast_impl.forward import ForwardError
+    with pytest.raises(ForwardError, match="TwoInputs takes other inputs than one tensor: give input_data="):
+        layer_summary(TwoInputs())
+
+
 def test_bad_input_data_is_one_line():
     with pytest.raises(TypeError, match="input_data must be a tensor, a tuple"):
         layer_summary(Tokens(), input_data='ids')
