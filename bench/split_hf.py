@@ -260,15 +260,11 @@ EXPLAINED = [
     (r'(Detr|TableTransformer|DFine|Deimv2|RTDetr)', 'pass',
      'the forward pass calls `.item()` (masks, anchors) which meta tensors cannot; the split follows '
      'registration order (warned), encoder layers still whole'),
-    (r'^Siglip2', 'pass', 'takes patchified pixels with `pixel_attention_mask` and `spatial_shapes`: needs '
-     '`input_data=` (issue 19 item 3, the lead\'s)'),
+    (r'^Siglip2', 'pass', 'takes patchified pixels with `pixel_attention_mask` and `spatial_shapes`, and '
+     'even given them (`input_data=`) its embeddings resize the position embeddings with `.item()`, which '
+     'meta tensors cannot; registration order (warned), encoder layers still whole'),
     (r'^DepthPro', 'pass', 'runs on 1536x1536 inputs that its config does not state as `image_size`; '
      '`plan(m, input_size=(1, 3, 1536, 1536))` traces it'),
-    (r'^PoolFormer', 'norm', "each stage's first block opens with `before_norm`, which takes the patch "
-     "embedding's output directly; the block is never cut (that rule wins), so the norm stays in it"),
-    (r'^MobileViT', 'res', "a fault left open: the transformer layers run on unfolded patches (batch x "
-     "patches, tokens per patch) and the pass records tokens per patch (256, not 32x32), so each layer's "
-     "downsampling block is put with the stage before it; needs positions per sample in the trace"),
     (r'(DeformableDetr|PPDocLayout|PPOCRV5Mobile|RTDetr)', 'res',
      "a detector's base model holds its multi-scale neck (FPN/PAN, hybrid encoder) beside the backbone; "
      "those stages read several resolutions at once"),

@@ -1,7 +1,7 @@
 """The forward-pass engine: ONE recorded pass of a model (on meta by default) for every consumer.
 
 It gives what each needs: mult-adds per module, input/output shapes, depth, parameters by first use, norm
-links and feature-map sizes."""
+links and feature-map sizes (the data: `fast_impl.records`)."""
 # Collect only: `summary` computes and renders from a `Recording`; `split` cuts models from its `Trace`.
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ __all__ = ['ForwardError', 'Call', 'Trace', 'Recording', 'record', 'run', 'trace
 import warnings
 from collections import defaultdict
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from functools import cached_property
 
 import torch
 from torch import nn
@@ -25,8 +23,8 @@ from .archs import arch_name, resolve
 from .checks import check_device
 from .inputs import (batch_of, check_dtype, check_input_data, check_size, cpu_model, example_inputs,
                      input_sizes, meta_model, model_on, native_input_size)
-from .layers import is_layer, is_norm
 from .metashapes import shortcut
+from .records import Call, Links, Recording, Trace, adjacent, is_map, shapes
 from .tree import eval_mode, unwrap
 
 CONVENTION = ('mult-adds: one per multiply-accumulate of conv, linear, matmul and attention '
@@ -50,66 +48,6 @@ class ForwardError(RuntimeError):
         super().__init__(msg)
         self.module, self.device = module, device
 
-
-@dataclass
-class Call:
-    "What the pass saw of one module: number of calls, input and output shapes of the first call"
-    calls: int = 0
-    inputs: list = field(default_factory=list)
-    outputs: list = field(default_factory=list)
-
-
-@dataclass
-class Trace:
-    "The order of the pass: parameters by first use, where the head starts, norms' layers, feature-map sizes"
-    order: list[str]  # parameter names by first use (unused ones left out)
-    # position in `order` of the first parameter used after the last op on a feature map
-    head_from: int | None
-    # norm module -> the conv/linear whose output it takes
-    norm_of: dict[str, str] = field(default_factory=dict)
-    size: dict[str, tuple[int, ...]] = field(default_factory=dict)  # layer on a map -> its output's positions
-
-    @cached_property
-    def rank(self) -> dict[str, int]: return {n: i for i, n in enumerate(self.order)}
-
-    @property
-    def late(self) -> list[str]:
-        "Parameters first used after the last op on a feature map (on pooled features): none without a map"
-        return [] if self.head_from is None else self.order[self.head_from:]
-
-    def within(self, prefix: str) -> Trace:
-        "This trace seen from the submodule whose names start with `prefix` (names without it)"
-        cut = lambda d: {k[len(prefix):]: v[len(prefix):] if isinstance(v, str) else v for k, v in d.items()
-                         if k.startswith(prefix) and (not isinstance(v, str) or v.startswith(prefix))}
-        order = [n[len(prefix):] for n in self.order if n.startswith(prefix)]
-        late = set(self.late)
-        head_from = next((i for i, n in enumerate(order) if prefix + n in late),
-                         None if self.head_from is None else len(order))
-        return Trace(order, head_from, cut(self.norm_of), cut(self.size))
-
-
-@dataclass
-class Recording:
-    "Everything one forward pass recorded"
-    model: nn.Module
-    device: str
-    inputs: list  # shapes of every input tensor
-    outputs: list  # shapes of every output tensor
-    calls: dict  # module -> Call
-    macs: dict = field(default_factory=dict)  # module -> mult-adds of its own ops
-    depth: int = 0  # most counted ops on one path (with `structure`)
-    weight_ops: int = 0  # counted ops that use a weight of the model (with `structure`)
-    trace: Trace | None = None  # with `order`
-
-
-def _shapes(x) -> list[list[int]]:
-    "Shapes of every tensor in the (nested) structure `x`"
-    return [list(t.shape) for t in tree_leaves(x) if isinstance(t, torch.Tensor)]
-
-
-def _is_map(t: torch.Tensor, batch: int) -> bool:
-    "True for a feature map or token sequence (several positions per sample), False for pooled features"
-    return t.ndim >= 2 and (t.shape[0] != batch or sum(d > 1 for d in t.shape[1:]) >= 2)
 
 # ---------------------------------------------------------------- what the pass records
 
@@ -169,9 +107,11 @@ def _macs(formula, func, out, args, kwargs) -> int:
 
 class _FirstUse(torch.overrides.TorchFunctionMode):
     "Each parameter's first use (by id), how many were used at the last op on a feature map; shape shortcuts"
-    def __init__(self, ids: set[int], batch: int, fast: bool):
+    def __init__(self, ids: set[int], batch: int, fast: bool, links: Links):
         super().__init__()
         self.ids, self.batch, self.fast, self.seen, self.mark = ids, batch, fast, {}, None
+        self.open = links.open  # outputs whose norm has run: a use here unlinks it
+        self.reused = links.reused
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -181,44 +121,13 @@ class _FirstUse(torch.overrides.TorchFunctionMode):
             for t in (a if isinstance(a, (list, tuple)) else (a,)):
                 if id(t) in self.ids:
                     if id(t) not in self.seen: self.seen[id(t)] = len(self.seen)
-                elif isinstance(t, torch.Tensor) and not on_map: on_map = _is_map(t, self.batch)
+                elif isinstance(t, torch.Tensor):
+                    if id(t) in self.open: self.reused(id(t))
+                    if not on_map: on_map = is_map(t, self.batch)
         if on_map: self.mark = len(self.seen)
         out = shortcut(func, args, kwargs) if self.fast else None
         return func(*args, **kwargs) if out is None else out
 
-
-def _first_tensor(x):
-    if isinstance(x, torch.Tensor): return x
-    if isinstance(x, (list, tuple)): return next((t for t in x if isinstance(t, torch.Tensor)), None)
-    return None
-
-
-class _Links:
-    "Each norm linked to the layer whose output it is the first to take; each layer's output size on a map"
-    def __init__(self, batch: int):
-        self.outs, self.norm_of, self.size, self.batch = {}, {}, {}, batch
-
-    @staticmethod
-    def kinds(model: nn.Module) -> dict[nn.Module, tuple[str, bool]]:
-        "The modules to watch: each conv/linear layer and norm, with its name and whether it is a norm"
-        return {m: (n, is_norm(m)) for n, m in model.named_modules() if is_layer(m) or is_norm(m)}
-
-    def before(self, name: str, norm: bool, args) -> None:
-        t = _first_tensor(args)
-        if t is None or id(t) not in self.outs: return
-        layer, _ = self.outs[id(t)]
-        if norm and layer is not None: self.norm_of.setdefault(name, layer)
-        # a norm (or layer) that takes the same tensor later does not normalise that layer's output alone
-        self.outs[id(t)] = (None, t)
-
-    def after(self, name: str, m: nn.Module, args, out) -> None:
-        t, x = _first_tensor(out), _first_tensor(args)
-        if t is None: return
-        self.outs.setdefault(id(t), (name, t))  # the tensor is kept, so its id is not reused during the pass
-        if name in self.size or x is None or not _is_map(x, self.batch) or t.ndim < 3: return
-        if not isinstance(m, nn.modules.conv._ConvNd):
-            self.size[name] = tuple(t.shape[1:-1])  # positions: tokens, or pixels of a channels-last map
-        elif len(m.kernel_size) == 2: self.size[name] = tuple(t.shape[2:])
 
 # ---------------------------------------------------------------- one pass
 
@@ -236,22 +145,25 @@ def _no_fast_paths():
 
 class _Hooks:
     "Forward pre/post hooks on every module: the running-module stack, each module's `Call`, the norm links"
-    def __init__(self, model: nn.Module, links: _Links | None):
+    def __init__(self, model: nn.Module, links: Links | None):
         self.stack, self.calls, self.links = [model], {}, links
-        self.watch = _Links.kinds(model) if links else {}
+        self.watch = Links.kinds(model) if links else {}
 
     def pre(self, m, args, kwargs):
         self.stack.append(m)
         c = self.calls.setdefault(m, Call())
-        if not c.calls: c.inputs = _shapes((args, kwargs))
+        if not c.calls: c.inputs = shapes((args, kwargs))
         if m in self.watch: self.links.before(*self.watch[m], args)
 
     def post(self, m, args, kwargs, out):
         self.stack.pop()
         c = self.calls[m]
-        if not c.calls: c.outputs = _shapes(out)
+        if not c.calls: c.outputs = shapes(out)
         c.calls += 1
-        if m in self.watch and not self.watch[m][1]: self.links.after(self.watch[m][0], m, args, out)
+        if m not in self.watch: return
+        name, norm = self.watch[m]
+        if norm: self.links.ran(name, args)
+        else: self.links.after(name, m, args, out)
 
     def attach(self, model: nn.Module, stack: ExitStack) -> None:
         for m in model.modules():
@@ -266,9 +178,10 @@ def record(model: nn.Module, inputs: tuple[tuple, dict], count: bool = True, str
     shape shortcuts on meta). Hooks are always removed and modes restored; an error names the module"""
     args, kwargs = inputs
     batch, named = batch_of(inputs), {id(p): n for n, p in model.named_parameters()}
-    hooks = _Hooks(model, _Links(batch) if order else None)
+    links = Links(batch) if order else None
+    hooks = _Hooks(model, links)
     counter = _OpCounter(hooks.stack, set(named) if structure else None) if count or structure else None
-    first = _FirstUse(set(named), batch, fast) if order else None
+    first = _FirstUse(set(named), batch, fast, links) if order else None
     device = str(next((t.device for t in tree_leaves(inputs) if isinstance(t, torch.Tensor)), 'cpu'))
     with ExitStack() as stack:
         hooks.attach(model, stack)
@@ -280,10 +193,10 @@ def record(model: nn.Module, inputs: tuple[tuple, dict], count: bool = True, str
     tr = None
     if order:
         ranked = [named[i] for i in sorted(first.seen, key=first.seen.get)]
-        tr = Trace(ranked, first.mark, _adjacent(hooks.links.norm_of, ranked), hooks.links.size)
+        tr = Trace(ranked, first.mark, adjacent(hooks.links.norm_of, ranked), hooks.links.size)
     macs, depth, ops = ((dict(counter.macs), counter.longest(out), counter.weight_ops) if counter
                         else ({}, 0, 0))
-    return Recording(model, device, _shapes(inputs), _shapes(out), hooks.calls, macs, depth, ops, tr)
+    return Recording(model, device, shapes(inputs), shapes(out), hooks.calls, macs, depth, ops, tr)
 
 
 @contextmanager
@@ -307,13 +220,6 @@ def _eval_off(m: nn.Module, args, out) -> None:
     m.training = m.__dict__.pop('_fast_impl_mode', m.training)
 
 
-def _adjacent(norm_of: dict[str, str], order: list[str]) -> dict[str, str]:
-    "The links where the norm is the next layer with parameters to run after its layer (nothing in between)"
-    at = {}
-    for i, n in enumerate(order): at.setdefault(n.rpartition('.')[0], []).append(i)
-    return {nm: ly for nm, ly in norm_of.items() if nm in at and ly in at and min(at[nm]) == max(at[ly]) + 1}
-
-
 def _forward_error(e: Exception, model: nn.Module, where: nn.Module, device) -> ForwardError:
     name = next((n for n, m in model.named_modules() if m is where), '')
     at = f"module '{name}' ({type(where).__name__})" if name else f'the root module ({type(where).__name__})'
@@ -331,6 +237,19 @@ def _meta_only(e: BaseException | None) -> bool:
             or any(s in msg for s in ('meta', 'data-dependent', 'data dependent')))
 
 
+def _first_run(sizes: list, attempt, stop=lambda e: False):
+    """`attempt(size)` of the first of `sizes` that runs; else the first `ForwardError` is raised (at once
+    where `stop(error)`), with the `size` it came from"""
+    first = None
+    for size in sizes:
+        try: return attempt(size)
+        except ForwardError as e:
+            e.size = size
+            if stop(e): raise
+            first = first or e
+    raise first
+
+
 def run(arch, input_size=None, input_data=None, device='meta', dtype=torch.float32,
         kwargs: dict | None = None, structure: bool = False, order: bool = False) -> Recording:
     """One counted pass of `arch` on `device` (input: `input_data`, else `input_size`, else the size the arch
@@ -339,20 +258,18 @@ def run(arch, input_size=None, input_data=None, device='meta', dtype=torch.float
     if input_size is not None and input_data is None: check_size(input_size)
     model = model_on(arch, dev, kwargs)
     given = input_size is not None or input_data is not None
-    first = None
-    for size in [input_size] if given else input_sizes(model, arch, kwargs):  # the first size that runs
-        try: return record(model, example_inputs(size, input_data, dev, dtype), structure=structure,
-                           order=order)
-        except ForwardError as e:
-            if dev.type == 'meta' and _meta_only(e.__cause__):
-                first = e
-                break
-            first = first or e
-    else: raise _size_hint(first, model, arch, input_size, input_data)
+    sizes = [input_size] if given else input_sizes(model, arch, kwargs)
+    on = lambda m, d: lambda size: record(m, example_inputs(size, input_data, d, dtype), structure=structure,
+                                          order=order)
+    meta_only = lambda e: dev.type == 'meta' and _meta_only(e.__cause__)
+    try: return _first_run(sizes, on(model, dev), meta_only)
+    except ForwardError as e:
+        if not meta_only(e): raise _size_hint(e, model, arch, input_size, input_data) from e.__cause__
+        first = e
     warnings.warn(f"{arch_name(arch)} cannot run on the meta device ({first}); "
                   "ran on the CPU with real weights", stacklevel=3)
-    cpu, model = torch.device('cpu'), cpu_model(arch, kwargs)
-    try: return record(model, example_inputs(size, input_data, cpu, dtype), structure=structure, order=order)
+    model = cpu_model(arch, kwargs)
+    try: return on(model, torch.device('cpu'))(first.size)
     except ForwardError as e: raise _size_hint(e, model, arch, input_size, input_data) from e.__cause__
 
 
@@ -379,12 +296,12 @@ def trace(model: nn.Module, input_size=None, input_data=None) -> Trace | None:
     if input_data is not None: check_input_data(input_data)
     elif input_size is not None: check_size(input_size)
     sizes = [input_size] if input_size is not None else input_sizes(model)
+    if input_data is not None: sizes = [None]
     # the shortcuts are exact on the ops they take; if every size fails, retry without them
     for fast in (True, False):
-        for size in ([None] if input_data is not None else sizes):
-            try: return record(m, example_inputs(size, input_data, meta, batch=2), False, order=True,
-                               fast=fast).trace
-            except ForwardError: continue
+        try: return _first_run(sizes, lambda s: record(m, example_inputs(s, input_data, meta, batch=2), False,
+                                                       order=True, fast=fast).trace)
+        except ForwardError: continue
     return None
 
 
@@ -394,7 +311,5 @@ def first_use_order(model: nn.Module, input_size=None, input_data=None) -> list[
     model = unwrap(resolve(model))
     dev = next(iter(model.parameters()), torch.empty(0, device='meta')).device
     sizes = input_sizes(model) if input_size is None and input_data is None else [input_size]
-    for i, size in enumerate(sizes):  # the first size that runs
-        try: return record(model, example_inputs(size, input_data, dev), False, order=True).trace.order
-        except ForwardError:
-            if i == len(sizes) - 1: raise
+    return _first_run(sizes, lambda s: record(model, example_inputs(s, input_data, dev), False,
+                                              order=True).trace.order)

@@ -123,6 +123,72 @@ class FlatGray(nn.Module):
     def forward(self, x): return self.classifier(F.relu(self.features(x)))
 
 
+class PoolBlock(nn.Module):
+    "A pre-norm MetaFormer block on a feature map: x + mix(norm(x)), then x + mlp(norm(x))"
+    def __init__(self, c):
+        super().__init__()
+        self.norm1, self.norm2 = nn.GroupNorm(1, c), nn.GroupNorm(1, c)
+        self.mlp = nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.GELU(), nn.Conv2d(2 * c, c, 1))
+
+    def forward(self, x):
+        y = self.norm1(x)
+        x = x + F.avg_pool2d(y, 3, 1, 1) - y
+        return x + self.mlp(self.norm2(x))
+
+
+class Embed(nn.Module):
+    "A patch embedding: a strided conv and an optional norm (none here)"
+    def __init__(self, ci, co, k):
+        super().__init__()
+        self.proj, self.norm = nn.Conv2d(ci, co, k, k), nn.Identity()
+
+    def forward(self, x): return self.norm(self.proj(x))
+
+
+class PoolNet(nn.Module):
+    """Stage embeddings in one list, stages in another (as Hugging Face's PoolFormer); each stage's first
+    block opens with a norm that takes the embedding conv's output, which also flows on in the residual"""
+    def __init__(self, c=8, n=5):
+        super().__init__()
+        cs = [c, 2 * c, 4 * c]
+        self.embeds = nn.ModuleList([Embed(3, c, 4), Embed(c, cs[1], 2), Embed(cs[1], cs[2], 2)])
+        self.stages = nn.ModuleList([nn.Sequential(PoolBlock(k), PoolBlock(k)) for k in cs])
+        self.norm, self.fc = nn.GroupNorm(1, 4 * c), nn.Linear(4 * c, n)
+
+    def forward(self, x):
+        for e, s in zip(self.embeds, self.stages): x = s(e(x))
+        return self.fc(self.norm(x).mean((2, 3)))
+
+
+class Unfolded(nn.Module):
+    "A transformer layer on 2x2-unfolded patches (as MobileViT): (B*4, positions/4, C) tokens, folded back"
+    def __init__(self, c):
+        super().__init__()
+        self.norm, self.fc = nn.LayerNorm(c), nn.Linear(c, c)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        t = x.reshape(B, C, H // 2, 2, W // 2, 2).permute(0, 3, 5, 2, 4, 1).reshape(B * 4, H * W // 4, C)
+        t = t + self.fc(self.norm(t))
+        return t.reshape(B, 2, 2, H // 2, W // 2, C).permute(0, 5, 3, 1, 4, 2).reshape(B, C, H, W)
+
+
+class UnfoldNet(nn.Module):
+    "A conv stem, then three stages: a stride-2 conv block and a transformer layer on unfolded patches"
+    def __init__(self, c=8, n=5):
+        super().__init__()
+        self.stem = cbr(3, c, 2)
+        cs = [c, 2 * c, 4 * c, 8 * c]
+        self.stages = nn.ModuleList([nn.Sequential(cbr(cs[i], cs[i + 1], 2), Unfolded(cs[i + 1]))
+                                     for i in range(3)])
+        self.fc = nn.Linear(c * 8, n)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for s in self.stages: x = s(x)
+        return self.fc(x.mean((2, 3)))
+
+
 def _build(cls):
     with torch.device('meta'): return cls()
 
@@ -203,3 +269,36 @@ def test_split_at_rejects_unordered_and_duplicate_cuts():
     with pytest.raises(GroupError, match=r"'body.2' runs before 'body.4'.*\['body.2', 'body.4'\]"):
         split_at(m, ['body.4', 'body.2'])
     check_groups(m, split_at(m, ['body.2', 'body.4']))
+
+
+@pytest.mark.parametrize('split', [named_stages, named_blocks, lambda m: named_n(m, 3)])
+def test_pre_norm_opening_a_block_stays_in_it(split):
+    """A norm taking a layer's output that also flows on (a residual stream) is the next block's, not that
+    layer's: no link, so no norm apart, and each stage embedding opens its stage"""
+    m = _build(PoolNet)
+    p = plan(m, input_size=(1, 3, 64, 64))
+    assert not any(n.endswith('.0.norm1') for n in p.index.trace.norm_of)
+    named = split(p)
+    gs = group_names(m, [g for _, g in named])
+    _partition(m, gs)
+    assert norm_splits(p, gs) == []
+    where = {n: i for i, g in enumerate(gs) for n in g}
+    for i in range(3):  # a block is never cut from its opening norm
+        assert where[f'stages.{i}.0.norm1.weight'] == where[f'stages.{i}.0.mlp.0.weight']
+    if split is named_stages:
+        assert [n for n, _ in named] == ['stem', 'stage 1', 'stage 2', 'stage 3', 'head']
+        for i in (1, 2): assert where[f'embeds.{i}.proj.weight'] == where[f'stages.{i}.0.norm1.weight']
+
+
+def test_tokens_of_unfolded_patches_count_positions_per_sample():
+    """Windows or unfolded patches folded into the batch: a linear layer's positions are per sample (the whole
+    map), so the transformer layer stays in the stage of the conv that made its map"""
+    m = _build(UnfoldNet)
+    p = plan(m, input_size=(1, 3, 64, 64))
+    size = p.index.trace.size
+    assert [size[f'stages.{i}.1.fc'] for i in range(3)] == [(256,), (64,), (16,)]
+    assert [size[f'stages.{i}.0.0'] for i in range(3)] == [(16, 16), (8, 8), (4, 4)]
+    names, gs = _groups(m, (1, 3, 64, 64), named_stages)
+    _partition(m, gs)
+    assert names == ['stem', 'stage 1', 'stage 2', 'stage 3', 'head']
+    for i in range(3): assert {o.split('.')[1] for o in _owners(gs[i + 1])} == {str(i)}

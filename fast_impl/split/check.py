@@ -4,6 +4,7 @@ from __future__ import annotations
 __all__ = ['GroupError', 'check_groups', 'group_names', 'order_violations', 'grouped_model',
            'name_violations', 'norm_splits', 'body_resolutions']
 
+import math
 from typing import Sequence
 
 import torch
@@ -93,8 +94,9 @@ def norm_splits(p, groups: list[list[str]]) -> list[str]:
     return out
 
 
-def body_resolutions(p, groups: list[list[str]]) -> list[list[tuple[int, ...]]]:
-    "Per body group (not stem/head): its input resolution, then each change of its blocks' output resolution"
+def body_resolutions(p, groups: list[list[str]]) -> list[list[int]]:
+    """Per body group (not stem/head): its input resolution, then each change of its blocks' output
+    resolution, as positions per sample (a 56x56 map and 3136 tokens are one resolution)"""
     tr = p.index.trace
     if tr is None or len(groups) < 3: return []
     where = {n: i for i, g in enumerate(groups) for n in g}
@@ -104,7 +106,7 @@ def body_resolutions(p, groups: list[list[str]]) -> list[list[tuple[int, ...]]]:
     for b in p.blocks:
         i, c = where.get(b.params[0]), last(b)
         if i is None or c is None: continue
-        res = out[i] or ([prev] if prev else [])
-        if not res or res[-1] != tr.size[c]: res.append(tr.size[c])
-        out[i], prev = res, tr.size[c]
+        res, here = out[i] or ([prev] if prev else []), math.prod(tr.size[c])
+        if not res or res[-1] != here: res.append(here)
+        out[i], prev = res, here
     return out[1:-1] if p.head else out[1:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ['generic_blocks']
 
-import itertools
+import itertools, math
 
 from torch import nn
 
@@ -35,7 +35,7 @@ def _has_matrix(m: nn.Module, besides: nn.Module) -> bool:
 class _Tree:
     "Parameter counts per module (head excluded) and the modules holding parameters, for structure detection"
     def __init__(self, ix: Index, heads: list[str]):
-        self.heads = heads
+        self.heads, self._kids = heads, {}
         self.mods = dict(ix.modules)
         self.w: dict[str, int] = {}
         # module -> first use of any parameter under it (rule 1: forward order)
@@ -52,12 +52,29 @@ class _Tree:
 
     def kids(self, node: str) -> list[str]:
         "Parameter-holding children of `node` outside the head; a head's ancestor is replaced by its own kids"
+        if node not in self._kids: self._kids[node] = self._find_kids(node)
+        return list(self._kids[node])
+
+    def _find_kids(self, node: str) -> list[str]:
         out = []
         for n, _ in self.mods[node].named_children():
             full = f'{node}.{n}' if node else n
             if any(under(h, full) and h != full for h in self.heads): out += self.kids(full)
             elif self.w.get(full) and not self.in_head(full): out.append(full)
-        return self.in_order(out)
+        return self.unmixed(self.in_order(out))
+
+    def unmixed(self, names: list[str]) -> list[str]:
+        """Two containers of as many items that run in turn (a0 b0 a1 b1 ...: patch embeddings in one list,
+        stages in another, zipped in the forward pass) replaced by their items, in forward order (rule 1)"""
+        box = [n for n in names if isinstance(self.mods[n], CONTAINERS) and n in self.first]
+        for a, b in itertools.combinations(box, 2):
+            ka, kb = self.kids(a), self.kids(b)
+            if len(ka) != len(kb) or len(ka) < 2 or any(k not in self.first for k in ka + kb): continue
+            run = sorted(ka + kb, key=self.first.get)
+            if run not in ([x for p in zip(ka, kb) for x in p], [x for p in zip(kb, ka) for x in p]): continue
+            swap = {a: ka, b: kb}
+            return self.unmixed(self.in_order([k for n in names for k in swap.get(n, [n])]))
+        return names
 
     def in_order(self, names: list[str]) -> list[str]:
         "`names` in forward order (rule 1); one unused by the forward pass stays behind its predecessor"
@@ -210,11 +227,13 @@ def _layers(tree: _Tree, name: str) -> int:
     return sum(p.ndim >= 2 for p in tree.mods[name].parameters())
 
 
-def _resolution(tree: _Tree, name: str, ix: Index) -> tuple[int, ...] | None:
-    "Output size (pixels or tokens) of the last layer on a feature map that module `name` runs, if any"
+def _resolution(tree: _Tree, name: str, ix: Index) -> int | None:
+    """Output positions per sample (pixels or tokens: a 56x56 map and 3136 tokens are one resolution) of the
+    last layer on a feature map that module `name` runs, if any"""
     if ix.trace is None: return None
     convs = [c for c in ix.trace.size if under(c, name)]
-    return ix.trace.size[max(convs, key=lambda c: ix.rank.get(f'{c}.weight', -1))] if convs else None
+    if not convs: return None
+    return math.prod(ix.trace.size[max(convs, key=lambda c: ix.rank.get(f'{c}.weight', -1))])
 
 
 def _by_resolution(tree: _Tree, names: list[str], ix: Index) -> list[list[str]]:
