@@ -25,19 +25,25 @@ def native_input_size(model: nn.Module, arch=None) -> tuple[int, ...] | None:
     (torchvision ViT), timm's `pretrained_cfg`, a Hugging Face `config.image_size`, or the crop size of the
     default torchvision weights of `arch` (or of the builder that makes `model`'s class); else None"""
     cfg = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
-    chans = cfg['input_size'][0] if cfg.get('input_size') else _hf_channels(model)
+    chans = cfg['input_size'][0] if cfg.get('input_size') else 3
     embed = getattr(model, 'patch_embed', None)
     side = _side(getattr(embed, 'img_size', None)) or _side(getattr(model, 'image_size', None))
-    side = side or _side(getattr(getattr(model, 'config', None), 'image_size', None))
     if side: return (1, chans, *side)
+    hf = _hf_size(model)
+    if hf: return hf
     if cfg.get('input_size'): return (1, *cfg['input_size'])
     side = _side(_torchvision_crop(arch if arch is not None else model))
     return (1, 3, *side) if side else None
 
 
-def _hf_channels(model: nn.Module) -> int:
-    n = getattr(getattr(model, 'config', None), 'num_channels', 3)
-    return n if isinstance(n, int) and n > 0 else 3
+def _hf_size(model: nn.Module) -> tuple[int, ...] | None:
+    """(1, num_channels, *image_size) of the first Hugging Face config that states an image size: the model's,
+    else the vision or backbone config it holds"""
+    c = getattr(model, 'config', None)
+    for x in (c, getattr(c, 'vision_config', None), getattr(c, 'backbone_config', None)):
+        side, ch = _side(getattr(x, 'image_size', None)), getattr(x, 'num_channels', 3)
+        if side: return (1, ch if isinstance(ch, int) and not isinstance(ch, bool) and ch > 0 else 3, *side)
+    return None
 
 
 def _side(s) -> tuple[int, int] | None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fast_impl.inputs import native_input_size
 from fast_impl.optim import param_groups
 from fast_impl.split import group_names, plan
 from fast_impl.split.check import norm_splits
 from fast_impl.split.groups import named_blocks, named_stages
-from fast_impl.split.hf import encoder_layers, hf_input_size, is_hf
+from fast_impl.split.hf import encoder_layers, is_hf
 
 transformers = pytest.importorskip('transformers')
 
@@ -50,7 +51,7 @@ def test_convnext_one_stage_per_config_stage():
     "Stem, one group per `depths` entry (the downsampling layer opens its stage), the head"
     m = _build('ConvNextForImageClassification', 'ConvNextConfig', depths=[1, 1, 2, 1],
                hidden_sizes=[8, 16, 32, 64], image_size=64)
-    assert is_hf(m) and hf_input_size(m) == (1, 3, 64, 64)
+    assert is_hf(m) and native_input_size(m) == (1, 3, 64, 64)
     (names, gs), (bnames, bgs) = _splits(m)
     assert names == ['stem', 'stage 1', 'stage 2', 'stage 3', 'stage 4', 'head']
     assert _starts(gs)[1:5] == ['convnext.encoder.stages.0.layers.0.dwconv',
@@ -121,3 +122,16 @@ def test_headless_base_models_never_cut_a_layer():
     (names, gs), (_, bgs) = _splits(m)
     assert names[:5] == ['stem', 'stage 1', 'stage 2', 'stage 3', 'stage 4']
     _no_layer_cut(m, gs); _no_layer_cut(m, bgs)
+
+
+def test_input_size_from_a_nested_vision_or_backbone_config():
+    "The one input-size guess reads the config's own image size, else its vision or backbone config's"
+    from types import SimpleNamespace as NS
+    m = torch.nn.Conv2d(1, 4, 3)
+    m.config = NS(vision_config=NS(image_size=96, num_channels=1))
+    assert native_input_size(m) == (1, 1, 96, 96)
+    m.config = NS(image_size=None, backbone_config=NS(image_size=(64, 48)))
+    assert native_input_size(m) == (1, 3, 64, 48)
+    m.config = NS(image_size=0)
+    assert native_input_size(m) is None
+

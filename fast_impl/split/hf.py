@@ -3,7 +3,7 @@ an import), from its module tree, its config's stage depths and one forward pass
 # Also the encoder-decoder layout (backbone, decoder, head) that the generic strategy shares.
 from __future__ import annotations
 
-__all__ = ['hf_blocks', 'is_hf', 'hf_input_size', 'encoder_layers', 'config_depths', 'units', 'runs',
+__all__ = ['hf_blocks', 'is_hf', 'encoder_layers', 'config_depths', 'units', 'runs',
            'area', 'stage_layers', 'dense_tail', 'same_resolution', 'encoder_decoder_blocks']
 
 import math
@@ -20,25 +20,6 @@ def is_hf(model: nn.Module) -> bool:
     c = getattr(model, 'config', None)
     return (c is not None and isinstance(getattr(c, 'model_type', None), str)
             and callable(getattr(c, 'to_dict', None)))
-
-
-def _configs(model: nn.Module) -> list:
-    "The model's config, then the vision or backbone config it holds"
-    c = getattr(model, 'config', None)
-    subs = (getattr(c, 'vision_config', None), getattr(c, 'backbone_config', None))
-    return [x for x in (c, *subs) if x is not None]
-
-
-def hf_input_size(model: nn.Module) -> tuple[int, ...] | None:
-    "The input a Hugging Face vision model's config asks for: (1, num_channels, *image_size), else None"
-    if not is_hf(model): return None
-    for c in _configs(model):
-        size, ch = getattr(c, 'image_size', None), getattr(c, 'num_channels', 3)
-        if isinstance(size, int) and size > 0: size = (size, size)
-        two = isinstance(size, (tuple, list)) and len(size) == 2
-        if (two and all(isinstance(s, int) and s > 0 for s in size)
-                and isinstance(ch, int) and ch > 0): return (1, ch, *size)
-    return None
 
 
 def config_depths(model: nn.Module) -> list[int]:

@@ -11,7 +11,7 @@ from ..registry import Registry
 from .blocks import Block, Index, Plan, as_model, under, view
 from .fixes import apply_fixes
 from .generic import generic_blocks
-from .hf import hf_blocks, hf_input_size
+from .hf import hf_blocks
 from .rules import apply_rules, head_modules
 from .timm import timm_blocks
 
@@ -43,8 +43,7 @@ def plan(model, strategy: str | None = None, input_size: Sequence[int] | None = 
     """
     if isinstance(model, Plan): return model
     model = as_model(model)
-    size = input_size if input_size is not None or input_data is not None else hf_input_size(model)
-    v, ix = view(model), Index(model, size, trace, input_data)
+    v, ix = view(model), Index(model, input_size, trace, input_data)
     body = ix if v.body is model else Index(v.body, trace=ix.trace and ix.trace.within(v.prefix))
     blocks, s = _strategy_blocks(body, v, strategy)
     blocks = [Block([v.prefix + p for p in b.params],
