@@ -1,17 +1,20 @@
 """Lightning callbacks over fast_impl's layer groups: `GroupMonitor` logs each group's learning rate, gradient
-norm and update ratio by name; `GradualUnfreezing` is ULMFiT's schedule, also under DDP. The only module that
-imports Lightning; both read the groups from an optimizer built with `param_groups`."""
+norm and update ratio by name; `GradualUnfreezing` is ULMFiT's schedule, also under DDP; `AutoRGN` sets each
+group's rate from its gradients every step. The only module that imports Lightning; all read the groups from
+an optimizer built with `param_groups`."""
 from __future__ import annotations
 
-__all__ = ['GroupMonitor', 'GradualUnfreezing']
+__all__ = ['GroupMonitor', 'GradualUnfreezing', 'AutoRGN']
 
-import warnings
+import math, warnings
 
 from lightning.pytorch.callbacks import Callback
 from torch.nn.parallel import DistributedDataParallel
 
 from .checks import check_count
+from .enums import choice
 from .optim import GroupFreezer, GroupTracker, group_logs
+from .rgn import Per, RGNScaler
 
 
 class GroupMonitor(Callback):
@@ -98,3 +101,40 @@ class GradualUnfreezing(Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         if self.freezer is not None: self.freezer.restore()
+
+
+class AutoRGN(Callback):
+    """Auto-RGN (Lee et al., ICLR 2023) in Lightning: before every optimizer step, each layer group's rate is
+    the rate your scheduler set for the step times the group's ||grad|| / ||w|| divided by the largest, for
+    that step only (`fast_impl.rgn.RGNScaler`: the scheduled rates are back after `optimizer.step()`, so the
+    factor never compounds and the scheduler never sees it). Frozen groups (no gradient, rate 0) are skipped.
+    `per='tensor'`: the paper's one factor per tensor. Each step's factors are logged as `rgn/<group name>`
+    (`log=False`: not); `.factors` is the table. Under DDP the gradients are all-reduced before the hook, so
+    every rank computes the same factors."""
+
+    def __init__(self, per='group', log: bool = True):
+        self.per, self.log, self.scaler, self._on = choice(Per, per, 'per'), log, None, False
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if not self._on or self.scaler.opt is not optimizer:  # a new fit or another optimizer: a new table
+            self._off()
+            self.scaler, self._on = RGNScaler(optimizer, self.per), True
+        last = self.scaler()
+        if self.log:
+            logs = {f'rgn/{n}': f for n, f in zip(self.scaler.names, last) if not math.isnan(f)}
+            pl_module.log_dict(logs, on_step=True, on_epoch=False)
+
+    def on_fit_end(self, trainer, pl_module): self._off()
+    def on_exception(self, trainer, pl_module, exception): self._off()
+
+    def _off(self):
+        "The optimizer's step hook off, the scheduled rates kept; the factors stay readable"
+        if self._on: self.scaler.remove()
+        self._on = False
+
+    @property
+    def factors(self):
+        "The factors of every step: `step, group, name, tensor, rgn, factor, lr` (the scheduled rate)"
+        import pandas as pd
+        return self.scaler.factors if self.scaler is not None else pd.DataFrame(columns=RGNScaler.columns)
+

@@ -109,13 +109,20 @@ class RGN:
 
 
 class Updates:
-    "Per-tensor factors applied to a step's updates: w <- w_before + factor * (w_after - w_before)"
+    """Per-tensor factors applied to a step's updates: w <- w_before + factor * (w_after - w_before); the
+    weights before the step are copied into `buffers` (tensor -> its copy), kept from step to step by the
+    caller so that no step allocates"""
 
-    def __init__(self, groups: list[list[torch.Tensor]], fs: list[list[float]]):
+    def __init__(self, groups: list[list[torch.Tensor]], fs: list[list[float]], buffers: dict | None = None):
         pairs = [(p, f) for ps, f_ in zip(groups, fs) for p, f in zip(_live(ps), f_)
                  if not math.isnan(f) and f != 1.]
         self.ps, self.fs = [p for p, _ in pairs], [f for _, f in pairs]
-        with torch.no_grad(): self.before = [p.detach().clone() for p in self.ps]
+        buffers = {} if buffers is None else buffers
+        for p in self.ps:
+            if p not in buffers or buffers[p].shape != p.shape: buffers[p] = torch.empty_like(p.detach())
+        self.before = [buffers[p] for p in self.ps]
+        if self.ps:
+            with torch.no_grad(): torch._foreach_copy_(self.before, [p.detach() for p in self.ps])
 
     def apply(self) -> None:
         "Scale the update each tensor just got by its factor"
@@ -143,9 +150,12 @@ class RGNScaler:
     proportional to the rate: SGD, Adam, AdamW, RMSprop, ...). `.factors` is the table of factors, `.remove()`
     takes the hook off. Layer groups: `fast_impl.param_groups`' `group` keys, else each optimizer group."""
 
+    columns = RGN.columns
+
     def __init__(self, optimizer, per='group', record: bool = True):
         _check_optimizer(optimizer)
         self.opt, self.rgn, self._saved, self._updates = optimizer, RGN(per, record), None, None
+        self._copies = {}  # per tensor: each weight's copy before the step, reused
         self._hook = optimizer.register_step_post_hook(lambda *_: self.restore())
 
     def _layers(self) -> tuple[list[list[int]], list[str]]:
@@ -156,6 +166,11 @@ class RGNScaler:
         names = [pgs[m[0]].get('name', f'group {k + 1}') for k, m in enumerate(members)]
         return members, names
 
+    @property
+    def names(self) -> list[str]:
+        "The layer groups' names ('stem' ... 'head' from `param_groups`; else 'group 1', ...)"
+        return self._layers()[1]
+
     def __call__(self) -> list[float]:
         "Set this step's rates from the gradients; the factor of each layer group (NaN: skipped)"
         self.restore()  # a step that never came (e.g. GradScaler skipped it) leaves nothing behind
@@ -164,7 +179,7 @@ class RGNScaler:
         groups = [[p for i in m for p in pgs[i]['params']] for m in members]
         lrs = [max(float(pgs[i]['lr']) for i in m) for m in members]
         fs = self.rgn.factors(groups, lrs, names)
-        if self.rgn.per is Per.tensor: self._updates = Updates(groups, fs)
+        if self.rgn.per is Per.tensor: self._updates = Updates(groups, fs, self._copies)
         else:
             self._saved = {}  # optimizer group -> (scheduled rate, the rate set)
             for m, (f,) in zip(members, [f or [math.nan] for f in fs]):
@@ -188,6 +203,7 @@ class RGNScaler:
         return self.rgn.df
 
     def remove(self) -> None:
-        "Take the step hook off the optimizer (the rates stay as scheduled)"
+        "Take the step hook off the optimizer (the rates stay as scheduled); the weights' copies freed"
         self.restore()
         self._hook.remove()
+        self._copies = {}

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from fast_impl import param_groups
-from fast_impl.lightning import GradualUnfreezing, GroupMonitor
+from fast_impl.lightning import AutoRGN, GradualUnfreezing, GroupMonitor
 from fast_impl.optim import FlatRatesWarning, layer_groups
 
 NAMES = ['stem', 'stage 1', 'head']
@@ -174,3 +174,54 @@ def test_gradual_unfreezing_two_ddp_processes(strategy, tmp_path):
     check_unfreezing(r1)
     for (g0, _, _), (g1, _, _) in zip(r0, r1):  # the ranks stay identical
         assert all(same(a, b) for a, b in zip(g0, g1))
+
+
+class Rates(pl.Callback):
+    """Per step and optimizer group: the scheduled rate (batch start), the rate used (at the step, after
+    AutoRGN), and each layer group's ||grad|| / ||w|| computed here"""
+    def __init__(self): self.steps = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, i):
+        self.steps.append(dict(sched=[g['lr'] for g in trainer.optimizers[0].param_groups]))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        pgs, rgn = optimizer.param_groups, {}
+        for name in NAMES:
+            ps = [p for g in pgs if g['name'] == name for p in g['params'] if p.grad is not None]
+            sq = lambda ts: sum(t.detach().norm() ** 2 for t in ts) ** .5
+            if ps: rgn[name] = sq([p.grad for p in ps]) / sq(ps)
+        self.steps[-1].update(used=[g['lr'] for g in pgs], names=[g['name'] for g in pgs],
+                              rgn={k: float(v) for k, v in rgn.items()})
+
+
+@pytest.mark.parametrize('frozen', [False, True])
+def test_autorgn_rate_is_scheduled_rate_times_normalised_rgn(frozen, tmp_path):
+    """Every step: used rate = scheduled x rgn / max rgn (this test's own norms); the schedule (LinearLR,
+    which reads the current rate) the same as without AutoRGN: the factor never compounds; logged per group"""
+    rates, rgn, plain, unfreeze = Rates(), AutoRGN(), Rates(), [GradualUnfreezing()] if frozen else []
+    trainer = fit(Tiny('linear', steps=12), tmp_path, epochs=3, cbs=unfreeze + [rgn, rates])
+    fit(Tiny('linear', steps=12), tmp_path / 'plain', epochs=3, cbs=[GradualUnfreezing()] * frozen + [plain])
+    for st, ref in zip(rates.steps, plain.steps, strict=True):
+        assert np.allclose(st['sched'], ref['sched'], rtol=1e-9)
+        top = max(st['rgn'].values())
+        for s, u, n in zip(st['sched'], st['used'], st['names']):
+            want = s * st['rgn'][n] / top if n in st['rgn'] else s  # frozen: untouched
+            assert math.isclose(u, want, rel_tol=1e-5), (n, u, want)
+    assert list(rates.steps[0]['rgn']) == (['head'] if frozen else NAMES)  # frozen: no gradient, skipped
+    df, log = rgn.factors, logged(trainer)
+    assert len(df) == (4 * 1 + 4 * 2 + 4 * 3 if frozen else 12 * 3)  # a row per step and group trained
+    assert df.groupby('step').factor.max().eq(1).all()
+    assert log.dropna(subset=['rgn/head'])['rgn/head'].between(0, 1).all()
+    assert log['rgn/stem'].notna().sum() == (4 if frozen else 12)
+    assert not trainer.optimizers[0]._optimizer_step_post_hooks  # the hook is off after the fit
+
+
+def test_autorgn_lightning_per_tensor_and_bad_arguments(tmp_path):
+    "per='tensor' trains and records one factor per tensor with a gradient; a bad `per` is one line"
+    rgn = AutoRGN('tensor', log=False)
+    model = Tiny('cosine', steps=4)
+    fit(model, tmp_path, epochs=1, cbs=[rgn])
+    n = sum(p.requires_grad for p in model.parameters())
+    assert len(rgn.factors) == 4 * n and rgn.factors.factor.max() == 1
+    with pytest.raises(ValueError, match="per must be one of .*group.*tensor"): AutoRGN('layer')
+

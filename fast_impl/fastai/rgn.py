@@ -23,7 +23,7 @@ class AutoRGN(Callback):
     order = 55  # after the schedulers (before_batch), before GroupStats (60) records the rates used
 
     def __init__(self, per='group', record: bool = True):
-        self.rgn, self._saved, self._updates = RGN(per, record), None, None
+        self.rgn, self._saved, self._updates, self._copies = RGN(per, record), None, None, {}
 
     def before_fit(self):
         self._names = group_labels(self.learn)
@@ -40,7 +40,7 @@ class AutoRGN(Callback):
         groups = [list(ps) for ps in opt.param_lists]
         fs = self.rgn.factors(groups, lrs, self._names, skip=[i < frozen for i in range(len(groups))])
         if self.rgn.per is Per.tensor:
-            self._updates = Updates(groups, fs)
+            self._updates = Updates(groups, fs, self._copies)
             return
         new = [lr if not f or math.isnan(f[0]) else lr * f[0] for lr, f in zip(lrs, fs)]
         self._saved = lrs
@@ -54,7 +54,9 @@ class AutoRGN(Callback):
 
     def after_step(self): self._restore()
     def after_batch(self): self._restore()  # a step cancelled after before_step
-    def after_fit(self): self._restore()
+    def after_fit(self):
+        self._restore()
+        self._copies = {}  # the weights' copies (per tensor) freed
 
     @property
     def last(self) -> list[float]:
