@@ -11,15 +11,12 @@ RESULTS = pathlib.Path(__file__).parent / 'results' / 'group_monitor.md'
 ARMS = [('every step', 1), ('one step in 10 (Trainer log_every_n_steps=10)', 10)]
 
 
-def step_times(monitor: bool, log_every: int, steps: int) -> list[float]:
-    "Seconds of each training step (batch start to batch end: forward, backward, optimizer step, callbacks)"
+def _net():
+    "The LightningModule class: a ResNet-18 for 32 px, AdamW over `param_groups`"
     import torch, torchvision
     import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger
     from torch.nn import functional as F
-    from torch.utils.data import DataLoader, TensorDataset
     from fast_impl import param_groups
-    from fast_impl.lightning import GroupMonitor
 
     class Net(pl.LightningModule):
         def __init__(self):
@@ -34,9 +31,15 @@ def step_times(monitor: bool, log_every: int, steps: int) -> list[float]:
 
         def configure_optimizers(self):
             return torch.optim.AdamW(param_groups(self.net, 1e-3, decay=0.7, wd=0.05))
+    return Net
+
+
+def _timers():
+    "The callbacks that time: GroupMonitor with the seconds in its own hooks, and a per-step clock"
+    import lightning.pytorch as pl
+    from fast_impl.lightning import GroupMonitor
 
     class Timed(GroupMonitor):
-        "GroupMonitor with the seconds spent in its own hooks"
         spent = 0.
 
         def on_before_optimizer_step(self, *a):
@@ -53,9 +56,16 @@ def step_times(monitor: bool, log_every: int, steps: int) -> list[float]:
         def __init__(self): self.times = []
         def on_train_batch_start(self, *a): self.t = time.perf_counter()
         def on_train_batch_end(self, *a): self.times.append(time.perf_counter() - self.t)
+    return Timed, Clock
 
-    g = torch.Generator().manual_seed(0)
-    n = 32 * steps
+
+def step_times(monitor: bool, log_every: int, steps: int) -> list[float]:
+    "Seconds of each training step (batch start to batch end: forward, backward, optimizer step, callbacks)"
+    import torch
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader, TensorDataset
+    (Timed, Clock), g, n = _timers(), torch.Generator().manual_seed(0), 32 * steps
     ds = TensorDataset(torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
     Timed.spent, clock = 0., Clock()
     cbs = ([Timed()] if monitor else []) + [clock]  # the clock's batch end comes after the monitor's
@@ -64,7 +74,7 @@ def step_times(monitor: bool, log_every: int, steps: int) -> list[float]:
         trainer = pl.Trainer(max_epochs=1, accelerator='cpu', devices=1, callbacks=cbs, logger=CSVLogger(d),
                              log_every_n_steps=log_every, enable_progress_bar=False,
                              enable_model_summary=False, enable_checkpointing=False)
-        trainer.fit(Net(), DataLoader(ds, batch_size=32))
+        trainer.fit(_net()(), DataLoader(ds, batch_size=32))
     return clock.times[5:], Timed.spent / len(clock.times)  # the first steps warm up
 
 

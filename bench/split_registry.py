@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __all__ = ['Row', 'arch_names', 'sweep_one', 'sweep', 'summary', 'render', 'main']
 
-import argparse, multiprocessing as mp, os, pathlib, sys, time, traceback, warnings
-from dataclasses import asdict, dataclass, field
+import argparse, multiprocessing as mp, os, pathlib, sys, time, warnings
+from dataclasses import dataclass
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -223,8 +223,13 @@ def render(rows: list[Row], wall: float, procs: int) -> str:
               f'Order checked on {sum(r.order in ("ok", "fail") for r in ok)} models; skipped on '
               f'{sum(r.order == "skip" for r in ok)} (forward pass cannot run on meta). '
               f'Built on the CPU (meta impossible): {sum(not r.meta for r in ok)}.', '']
-    lines += ['## Models that do not build (left out of every figure)', '',
-              _names(rows, lambda r: not r.built, lambda r: r.error)]
+    return '\n'.join(lines + _failures(rows, ok))
+
+
+def _failures(rows: list[Row], ok: list[Row]) -> list[str]:
+    "The report's sections naming each model that misses a figure"
+    lines = ['## Models that do not build (left out of every figure)', '',
+             _names(rows, lambda r: not r.built, lambda r: r.error)]
     lines += ['## Split errors', '', _names(rows, lambda r: r.built and r.error, lambda r: r.error)]
     lines += ['## Partition failures', '', _names(ok, lambda r: not r.partition)]
     lines += ['## Forward-order failures (first violation)', '',
@@ -245,7 +250,7 @@ def render(rows: list[Row], wall: float, procs: int) -> str:
     lines += ["## Largest split_stages group over 60%", '',
               _names(ok, lambda r: r.stages_max_pct > 60,
                      lambda r: f'{r.n_stages} groups, largest {r.stages_max_pct:.0f}%')]
-    return '\n'.join(lines)
+    return lines
 
 
 def main(argv=None):
