@@ -189,6 +189,22 @@ class UnfoldNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class TorchViT(nn.Module):
+    "A ViT written with nn.TransformerEncoder: its layers sit in a list inside a wrapper module"
+    def __init__(self, d=32, n=5):
+        super().__init__()
+        self.patch, self.cls = nn.Conv2d(3, d, 8, 8), nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(torch.zeros(1, 17, d))
+        layer = nn.TransformerEncoderLayer(d, 4, 2 * d, batch_first=True, norm_first=True)
+        self.enc = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
+        self.norm, self.fc = nn.LayerNorm(d), nn.Linear(d, n)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(len(x), -1, -1), x], 1) + self.pos
+        return self.fc(self.norm(self.enc(x))[:, 0])
+
+
 def _build(cls):
     with torch.device('meta'): return cls()
 
@@ -302,3 +318,20 @@ def test_tokens_of_unfolded_patches_count_positions_per_sample():
     _partition(m, gs)
     assert names == ['stem', 'stage 1', 'stage 2', 'stage 3', 'head']
     for i in range(3): assert {o.split('.')[1] for o in _owners(gs[i + 1])} == {str(i)}
+
+
+def test_layers_inside_a_wrapper_module_are_the_blocks():
+    """A list of encoder layers inside a wrapper (nn.TransformerEncoder's `layers`): one group per layer, the
+    tokens and patch embedding the stem, the final norm with the last stage (stages) or the head (blocks)"""
+    m = _build(TorchViT)
+    names, gs = _groups(m, (1, 3, 32, 32), named_stages)
+    _partition(m, gs)
+    assert names == ['stem', 'stage 1', 'stage 2', 'stage 3', 'stage 4', 'head']
+    assert sorted(gs[0]) == ['cls', 'patch.bias', 'patch.weight', 'pos']
+    for i in range(4): assert {o.rpartition('.')[0] for o in _owners(gs[i + 1]) if o.startswith('enc.')} \
+        <= {f'enc.layers.{i}', f'enc.layers.{i}.self_attn'}
+    assert gs[-1] == ['fc.weight', 'fc.bias'] and {'norm.weight', 'norm.bias'} <= set(gs[-2])
+    bnames, bgs = _groups(m, (1, 3, 32, 32), named_blocks)
+    assert bnames == ['stem', 'block 1', 'block 2', 'block 3', 'block 4', 'head']
+    assert set(bgs[-1]) == {'norm.weight', 'norm.bias', 'fc.weight', 'fc.bias'}
+

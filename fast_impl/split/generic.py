@@ -127,12 +127,14 @@ def _descend(tree: _Tree) -> tuple[str, list[str], list[str]]:
         kids = tree.kids(node)
         if not kids or _window(tree, kids): return node, stem, tail
         heavy = max(kids, key=lambda k: 0 if _aux(k) else tree.w[k])
-        sub = tree.kids(heavy)
+        inner, sub = heavy, tree.kids(heavy)
+        while len(sub) == 1 and tree.kids(sub[0]):  # a wrapper (nn.TransformerEncoder's `layers`): look in
+            inner, sub = sub[0], tree.kids(sub[0])
         if (tree.w[heavy] * 2 < _core_weight(tree, kids) or len(sub) < 2
-                or _flat(tree, heavy) and not _pools(tree, heavy)):
+                or _flat(tree, inner) and not _pools(tree, inner)):
             return node, stem, tail
         i = kids.index(heavy)
-        stem, tail, node = stem + kids[:i], kids[i + 1:] + tail, heavy
+        stem, tail, node = stem + kids[:i], kids[i + 1:] + tail, inner
 
 
 def _flat(tree: _Tree, node: str) -> bool: return all(tree.leaf(k) for k in tree.kids(node))
