@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastcore.script import call_parse
 
-from transfer import paired, tuning_table
-from transfer_methods import BASELINES, FAMILIES, SHIFT_METHODS, per_seed, pretrain, run, table
+from fast_impl.app.demo import paired, verdict
+from transfer import tuning_table
+from transfer_methods import FAMILIES, SHIFT_METHODS, per_seed, pretrain, run, table
 
 RESULTS = Path(__file__).parent / 'results'
 GRIDS = {'xresnet': '3e-3,1e-2,3e-2', 'vit': '3e-4,1e-3,3e-3'}  # as bench/transfer.py tuned each family
@@ -160,10 +161,9 @@ def compare(res: dict, baselines: list[str]) -> tuple[str, dict]:
     b, out = np.array(res[base]['acc']) * 100, {}
     for m, r in res.items():
         if m in baselines: continue
-        d = np.array(r['acc']) * 100 - b
-        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float('nan')
-        verdict = 'win' if d.mean() > 2 * se else 'worse' if d.mean() < -2 * se else 'tie'
-        out[m] = (d.mean(), se, int((d >= 0).sum()), verdict)
+        a = np.array(r['acc']) * 100
+        d, se = paired(a, b)
+        out[m] = (d, se, int((a >= b).sum()), verdict(d, se))
     return base, out
 
 
@@ -191,10 +191,10 @@ def first_vs_last(res: dict) -> tuple[str, list]:
     rows = ['| task | first - last (points) | std error | verdict |', '| --- | ---: | ---: | --- |']
     stats = {}
     for t, x in d.items():
-        se = x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float('nan')
-        v = 'first better' if x.mean() > 2 * se else 'last better' if x.mean() < -2 * se else 'tie'
-        rows.append(f'| {t} | {x.mean():+.1f} | {se:.1f} | {v} |')
-        stats[t] = (x.mean(), se, v)
+        mean, se = paired(x, np.zeros_like(x))
+        v = {'win': 'first better', 'worse': 'last better'}.get(verdict(mean, se), 'tie')
+        rows.append(f'| {t} | {mean:+.1f} | {se:.1f} | {v} |')
+        stats[t] = (mean, se, v)
     return '\n'.join(rows), stats
 
 

@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastcore.script import call_parse
 
+from fast_impl.app import demo
 from transfer_methods import BASELINES, FAMILIES, evaluate, per_seed, pretrain, table, tune
 
 OUT = {'xresnet': Path(__file__).parent / 'results' / 'transfer.md',
@@ -47,11 +48,10 @@ def paired(res: dict) -> str:
              '| --- | ---: | ---: | ---: | --- |']
     for m, r in res.items():
         if m in BASELINES: continue
-        d = np.array(r['acc']) * 100 - b
-        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.
-        verdict = ('better' if d.mean() > 2 * se else 'worse' if d.mean() < -2 * se
-                   else 'tie (within 2 std errors)')
-        lines.append(f"| {m} | {d.mean():+.1f} | {se:.1f} | {int((d >= 0).sum())} of {len(d)} | {verdict} |")
+        a = np.array(r['acc']) * 100
+        d, se = demo.paired(a, b)
+        won = f'{int((a >= b).sum())} of {len(a)}'
+        lines.append(f"| {m} | {d:+.1f} | {se:.1f} | {won} | {demo.verdict(d, se)} |")
     return '\n'.join(lines)
 
 
