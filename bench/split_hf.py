@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ['Row', 'hf_names', 'sweep_one', 'sweep', 'summary', 'render', 'main']
 
-import argparse, math, multiprocessing as mp, os, pathlib, signal, sys, time, warnings
+import argparse, multiprocessing as mp, os, pathlib, signal, sys, time, warnings
 from dataclasses import dataclass
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -105,10 +105,10 @@ def _cut(m, names: list[list[str]]) -> str:
     return ''
 
 
-def _changes(sizes: list[tuple[int, ...]]) -> list[int]:
-    "Resolutions as positions (56x56 map = 3136 tokens), a class or register token or two not counted"
+def _changes(sizes: list[int]) -> list[int]:
+    "Resolutions (positions: 56x56 map = 3136 tokens) that change, a class or register token or two not counted"
     out = []
-    for a in (math.prod(s) for s in sizes):
+    for a in sizes:
         if not out or not (a < 1.2 * out[-1] and out[-1] < 1.2 * a): out.append(a)
     return out
 

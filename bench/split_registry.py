@@ -108,9 +108,9 @@ def _checks(row: Row, p, gs, g4):
     row.norm_split = bad[0][:160] if bad else ''
     res = body_resolutions(p, names[0])
     row.res_defined = any(res)
-    over = [f'group {i + 1}: ' + ' -> '.join('x'.join(map(str, r)) for r in rs)
+    over = [f'group {i + 1}: ' + ' -> '.join(map(str, rs))
             for i, rs in enumerate(res) if len(rs) > 2]
-    # a group's list: the resolution it takes, then each new output resolution of its blocks (3+: two changes)
+    # a group's list: the positions it takes, then each new output positions of its blocks (3+: two changes)
     row.res_over = over[0][:160] if over else ''
     row.stem_pct = _pcts(gs)[0]
 
