@@ -106,7 +106,7 @@ def _cut(m, names: list[list[str]]) -> str:
 
 
 def _changes(sizes: list[int]) -> list[int]:
-    "Resolutions (positions: 56x56 map = 3136 tokens) that change, a class or register token or two not counted"
+    "The resolutions (positions: 56x56 map = 3136 tokens) that change; a class or register token not counted"
     out = []
     for a in sizes:
         if not out or not (a < 1.2 * out[-1] and out[-1] < 1.2 * a): out.append(a)

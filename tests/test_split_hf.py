@@ -135,3 +135,57 @@ def test_input_size_from_a_nested_vision_or_backbone_config():
     m.config = NS(image_size=0)
     assert native_input_size(m) is None
 
+
+
+class _Config:
+    "What marks a Hugging Face model (duck typing): a config with a `model_type` and `to_dict`"
+    model_type, image_size, num_channels = 'test', 32, 3
+    def to_dict(self): return {}
+
+
+class _Mixer(torch.nn.Module):
+    """A stage as MobileViT's: a stride-2 conv, transformer layers on the map's tokens, then a norm (no layer
+    on a map) and a 1x1 fusion conv at the stage's resolution"""
+    def __init__(self, ci, c):
+        super().__init__()
+        nn = torch.nn
+        self.down, self.layernorm = nn.Conv2d(ci, c, 3, 2, 1), nn.LayerNorm(c)
+        self.fusion = nn.Conv2d(c, c, 1)
+        self.transformer = nn.ModuleList([nn.Sequential(nn.LayerNorm(c), nn.Linear(c, 2 * c), nn.GELU(),
+                                                        nn.Linear(2 * c, c)) for _ in range(2)])
+
+    def forward(self, x):
+        x = self.down(x)
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        for layer in self.transformer: t = t + layer(t)
+        return self.fusion(self.layernorm(t).transpose(1, 2).reshape(B, C, H, W))
+
+
+class _MixNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.config, self.stem = _Config(), torch.nn.Conv2d(3, 8, 3, 1, 1)
+        self.layer = torch.nn.ModuleList([_Mixer(8, 16), _Mixer(16, 32), _Mixer(32, 64)])
+        self.classifier = torch.nn.Linear(64, 5)
+
+    def forward(self, pixel_values):
+        x = self.stem(pixel_values)
+        for s in self.layer: x = s(x)
+        return self.classifier(x.mean((2, 3)))
+
+
+def test_plain_modules_between_layers_stay_in_their_stage():
+    """Between two stages' transformer layers, the norm and fusion conv at the first stage's resolution end
+    it (a norm has no map size of its own: it goes with the plain block after it) and the stride-2 conv opens
+    the next; under blocks they join the layer before and after them (the first stride-2 conv: the stem's)"""
+    with torch.device('meta'): m = _MixNet()
+    (names, gs), (bnames, bgs) = _splits(m)
+    assert names == ['stem', 'stage 1', 'stage 2', 'stage 3', 'head']
+    for i in range(3): assert {n.split('.')[1] for n in gs[i + 1]} == {str(i)}, gs[i + 1]
+    where = {n: i for i, g in enumerate(bgs) for n in g}
+    assert bnames[0] == 'stem' and where['layer.0.down.weight'] == 0
+    for i in range(3):
+        assert i == 0 or where[f'layer.{i}.down.weight'] == where[f'layer.{i}.transformer.0.1.weight']
+        assert where[f'layer.{i}.layernorm.weight'] == where[f'layer.{i}.fusion.weight'] \
+            == where[f'layer.{i}.transformer.1.1.weight']

@@ -122,6 +122,8 @@ def stage_layers(ix: Index, blocks: list[Block], depths: list[int]) -> list[int]
         nxt = next((j for j in lays if j >= i), None)
         prev = next((j for j in reversed(lays) if j < i), None)
         a = area(ix, b)
+        if a is None and nxt is not None:  # no layer on a map (a norm): as the next plain block that has one
+            a = next((x for x in (area(ix, blocks[j]) for j in range(i + 1, nxt)) if x is not None), None)
         # a plain block at the next layer's resolution (a downsample) starts its stage, else it ends the last;
         # plain blocks after the last layer start a stage where the resolution changes (a U-Net's bottleneck)
         down = nxt is not None and (prev is None or a is None or same_resolution(a, area(ix, blocks[nxt])))
@@ -216,9 +218,9 @@ def _merge(blocks: list[Block]) -> list[Block]:
         if b.role == 'body' and not b.whole:
             pending.append(b)
             continue
-        if pending and b.whole and fits(pending[0], b):
-            b.params, b.modules = [p for x in pending for p in x.params] + b.params, _mods(pending + [b])
-        else: _close(out, pending)
+        join = [x for x in pending if b.whole and fits(x, b)]  # those of its stage (a downsample)
+        _close(out, [x for x in pending if x not in join])  # the rest end the stage before
+        if join: b.params, b.modules = [p for x in join for p in x.params] + b.params, _mods(join + [b])
         pending = []
         out.append(b)
     _close(out, pending)
