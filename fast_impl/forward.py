@@ -14,6 +14,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
@@ -144,31 +145,29 @@ def _no_fast_paths():
 
 
 class _Hooks:
-    "Forward pre/post hooks on every module: the running-module stack, each module's `Call`, the norm links"
+    """Forward pre/post hooks on every module (two global hooks for the pass: no per-module registration): the
+    running-module stack, each module's `Call`, the norm links"""
     def __init__(self, model: nn.Module, links: Links | None):
         self.stack, self.calls, self.links = [model], {}, links
         self.watch = Links.kinds(model) if links else {}
 
-    def pre(self, m, args, kwargs):
+    def pre(self, m, args):
         self.stack.append(m)
-        c = self.calls.setdefault(m, Call())
-        if not c.calls: c.inputs = shapes((args, kwargs))
         if m in self.watch: self.links.before(*self.watch[m], args)
 
     def post(self, m, args, kwargs, out):
         self.stack.pop()
-        c = self.calls[m]
-        if not c.calls: c.outputs = shapes(out)
+        c = self.calls.get(m)
+        if c is None: c = self.calls[m] = Call(0, shapes((args, kwargs)), shapes(out))  # the first call's
         c.calls += 1
         if m not in self.watch: return
         name, norm = self.watch[m]
         if norm: self.links.ran(name, args)
         else: self.links.after(name, m, args, out)
 
-    def attach(self, model: nn.Module, stack: ExitStack) -> None:
-        for m in model.modules():
-            stack.callback(m.register_forward_pre_hook(self.pre, with_kwargs=True).remove)
-            stack.callback(m.register_forward_hook(self.post, with_kwargs=True).remove)
+    def attach(self, stack: ExitStack) -> None:
+        stack.callback(register_module_forward_pre_hook(self.pre).remove)
+        stack.callback(register_module_forward_hook(self.post, with_kwargs=True).remove)
 
 
 def record(model: nn.Module, inputs: tuple[tuple, dict], count: bool = True, structure: bool = False,
@@ -184,7 +183,7 @@ def record(model: nn.Module, inputs: tuple[tuple, dict], count: bool = True, str
     first = _FirstUse(set(named), batch, fast, links) if order else None
     device = str(next((t.device for t in tree_leaves(inputs) if isinstance(t, torch.Tensor)), 'cpu'))
     with ExitStack() as stack:
-        hooks.attach(model, stack)
+        hooks.attach(stack)
         for ctx in (eval_mode(model), torch.no_grad(), _no_fast_paths(), first, counter,
                     _quiet() if order else None):
             if ctx is not None: stack.enter_context(ctx)

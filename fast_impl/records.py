@@ -70,6 +70,10 @@ class Recording:
 
 def shapes(x) -> list[list[int]]:
     "Shapes of every tensor in the (nested) structure `x`"
+    if isinstance(x, torch.Tensor): return [list(x.shape)]
+    if (type(x) is tuple and len(x) == 2 and type(x[0]) is tuple and not x[1]
+            and all(isinstance(t, torch.Tensor) for t in x[0])):  # (args, kwargs): tensors, no kwargs
+        return [list(t.shape) for t in x[0]]
     return [list(t.shape) for t in tree_leaves(x) if isinstance(t, torch.Tensor)]
 
 
