@@ -89,7 +89,7 @@ class Probe(Callback):
 
 
 def learner(**kw):
-    return discriminative_learner(dls(), cnn(), groups=3, opt_func=SGD, wd=0., **kw)
+    return discriminative_learner(dls(), cnn(), groups=3, **{'opt_func': SGD, 'wd': 0., **kw})
 
 
 @pytest.mark.parametrize('per', ['group', 'tensor'])
@@ -106,11 +106,17 @@ def test_autorgn_rates_under_fit_one_cycle(per):
 
 
 @pytest.mark.parametrize('per', ['group', 'tensor'])
-def test_autorgn_fit_constant_rate_never_compounds(per):
-    learn, probe = learner(), Probe(per)
+@pytest.mark.parametrize('wrapped', [False, True])
+def test_autorgn_fit_constant_rate_never_compounds(per, wrapped):
+    "fastai's SGD (per tensor: each tensor its own rate for a step) and torch's SGD wrapped (updates scaled)"
+    from functools import partial
+    from fastai.optimizer import OptimWrapper
+    opt = dict(opt_func=partial(OptimWrapper, opt=torch.optim.SGD)) if wrapped else {}
+    learn, probe = learner(**opt), Probe(per)
     probe.lrs = [1e-2, 2e-2, 5e-2]
     learn.fit(2, lr=probe.lrs, cbs=[probe, AutoRGN(per)])  # fit sets the rates once: restored every step
     assert probe.steps == 4 and [h['lr'] for h in learn.opt.hypers] == probe.lrs
+    assert 'step' not in vars(learn.opt) and len(learn.opt.param_lists) == 3  # the optimizer as it was
 
 
 def test_frozen_groups_untouched():

@@ -7,9 +7,43 @@ __all__ = ['AutoRGN']
 import math, warnings
 
 from fastai.callback.core import Callback
+from fastai.optimizer import Optimizer
+from fastcore.foundation import L
 
 from ..rgn import RGN, Per, Updates
 from .learner import group_labels
+
+
+def _tensor_rates(opt: Optimizer, groups: list[list], fs: list[list[float]]) -> tuple[list, list]:
+    """Param lists and hypers giving each tensor with a factor a list of its own at its group's rate x factor
+    (the others stay together at the group's rate)"""
+    lists, hypers = [], []
+    for ps, h, f_ in zip(groups, opt.hypers, fs):
+        f = dict(zip((id(p) for p in ps if p.grad is not None), f_))
+        rest = [p for p in ps if math.isnan(f.get(id(p), math.nan))]
+        if rest: lists.append(rest); hypers.append(h)
+        for p in ps:
+            x = f.get(id(p), math.nan)
+            if not math.isnan(x): lists.append([p]); hypers.append({**h, 'lr': h['lr'] * x})
+    return lists, hypers
+
+
+class _OneStep:
+    """Stands in for `opt.step` for one step: the step runs over other param lists and hypers (fastai's
+    optimizer steps tensor by tensor and keys its state by tensor, so per-tensor rates need no weight copy);
+    then `opt.step` is the optimizer's own again"""
+    def __init__(self, opt: Optimizer, lists: list, hypers: list):
+        self.opt, self.lists, self.hypers = opt, L(lists), L(hypers)
+        opt.step = self
+
+    def __call__(self, closure=None):
+        opt, _ = self.opt, self.off()
+        keep = opt.param_lists, opt.hypers
+        opt.param_lists, opt.hypers = self.lists, self.hypers
+        try: return opt.step(closure)
+        finally: opt.param_lists, opt.hypers = keep
+
+    def off(self) -> None: self.opt.__dict__.pop('step', None)
 
 
 class AutoRGN(Callback):
@@ -17,13 +51,14 @@ class AutoRGN(Callback):
     optimizer step, each layer group's rate = the rate fastai's schedule set for this step x ||grad|| / ||w||
     of the group divided by the largest; after the step the scheduled rates are back, so the factor never
     compounds (under `fit`'s constant rate too). Frozen groups (below `freeze_to`) are skipped: they keep
-    their rate and do not enter the maximum. `per='tensor'`: the paper's one factor per tensor, applied by
-    scaling each tensor's update (exact where the update is proportional to the rate: SGD, Adam, RMSProp).
+    their rate and do not enter the maximum. `per='tensor'`: the paper's one factor per tensor, as each
+    tensor's own rate for the step (fastai's optimizers; a wrapped torch optimizer gets each tensor's update
+    scaled, exact where the update is proportional to the rate: SGD, Adam, RMSProp).
     `.factors` is the table; `GroupStats` shows each step's factor in its `rgn` column."""
     order = 55  # after the schedulers (before_batch), before GroupStats (60) records the rates used
 
     def __init__(self, per='group', record: bool = True):
-        self.rgn, self._saved, self._updates, self._copies = RGN(per, record), None, None, {}
+        self.rgn, self._saved, self._updates, self._one, self._copies = RGN(per, record), None, None, None, {}
 
     def before_fit(self):
         self._names = group_labels(self.learn)
@@ -40,7 +75,9 @@ class AutoRGN(Callback):
         groups = [list(ps) for ps in opt.param_lists]
         fs = self.rgn.factors(groups, lrs, self._names, skip=[i < frozen for i in range(len(groups))])
         if self.rgn.per is Per.tensor:
-            self._updates = Updates(groups, fs, self._copies)
+            if getattr(type(opt), 'step', None) is Optimizer.step:  # fastai's own: steps tensor by tensor
+                self._one = _OneStep(opt, *_tensor_rates(opt, groups, fs))
+            else: self._updates = Updates(groups, fs, self._copies)
             return
         new = [lr if not f or math.isnan(f[0]) else lr * f[0] for lr, f in zip(lrs, fs)]
         self._saved = lrs
@@ -50,7 +87,8 @@ class AutoRGN(Callback):
         "The scheduled rates back (per tensor: each update scaled by its factor)"
         if self._saved is not None: self.learn.opt.set_hyper('lr', self._saved)
         if self._updates is not None: self._updates.apply()
-        self._saved = self._updates = None
+        if self._one is not None: self._one.off()
+        self._saved = self._updates = self._one = None
 
     def after_step(self): self._restore()
     def after_batch(self): self._restore()  # a step cancelled after before_step
