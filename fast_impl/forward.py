@@ -150,12 +150,16 @@ class _Hooks:
     def __init__(self, model: nn.Module, links: Links | None):
         self.stack, self.calls, self.links = [model], {}, links
         self.watch = Links.kinds(model) if links else {}
+        # the model's own modules: one run but not registered (kept in a plain list) counts as its caller
+        self.known = set(model.modules())
 
     def pre(self, m, args):
+        if m not in self.known: return
         self.stack.append(m)
         if m in self.watch: self.links.before(*self.watch[m], args)
 
     def post(self, m, args, kwargs, out):
+        if m not in self.known: return
         self.stack.pop()
         c = self.calls.get(m)
         if c is None: c = self.calls[m] = Call(0, shapes((args, kwargs)), shapes(out))  # the first call's

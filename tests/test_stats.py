@@ -163,6 +163,22 @@ def test_total_matches_flop_counter(name):
     assert s.total_mult_adds == flop_reference(model, torch.randn(size, device='meta'))
 
 
+class _Unregistered(nn.Module):
+    "A conv kept in a plain list (not a submodule): it runs, but the module tree does not hold it"
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.extra = nn.Conv2d(3, 8, 3), nn.Linear(8, 2), [nn.Conv2d(8, 8, 3)]
+
+    def forward(self, x): return self.fc(self.extra[0](self.conv(x)).mean((2, 3)))
+
+
+def test_ops_of_an_unregistered_module_count_in_its_callers_row():
+    "Its mult-adds in the row of the module that called it, so the rows still sum to the total"
+    s = layer_summary(_Unregistered(), input_size=(1, 3, 16, 16), depth=None)
+    assert sum(r.macs for r in s.rows) == s.total_mult_adds == 43_904 + 8 * 8 * 9 * 144 + 8 * 144 + 18
+    assert s.rows[0].macs == 8 * 8 * 9 * 144 + 8 * 144  # the root ran it
+
+
 def test_leaf_rows_sum_to_total():
     "With every level shown, leaves hold everything when no parent has weights or ops of its own"
     s = layer_summary(Inception(3, 32), input_size=SMALL, depth=None)
