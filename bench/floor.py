@@ -10,7 +10,7 @@ bench/results/floor.md.
 """
 from __future__ import annotations
 
-import argparse, pathlib, platform, statistics, sys, time
+import argparse, gc, pathlib, platform, statistics, sys, time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -51,14 +51,20 @@ JOBS = {'floor': floor, 'split': split, 'summary': summary}
 
 
 def measure(name: str, repeats: int) -> dict[str, float]:
-    "Median seconds of each job on `name`, the jobs interleaved within each repeat (after one warm-up each)"
+    """Median seconds of each job on `name`, the jobs interleaved within each repeat (after one warm-up each);
+    as `timeit` does, the garbage collector is off while a job runs (collected before each), so that a
+    collection left by one job does not land in the next one's time"""
     for f in JOBS.values(): f(name)
     times = {k: [] for k in JOBS}
     for _ in range(repeats):
         for k, f in JOBS.items():
-            t = time.perf_counter()
-            f(name)
-            times[k].append(time.perf_counter() - t)
+            gc.collect()
+            gc.disable()
+            try:
+                t = time.perf_counter()
+                f(name)
+                times[k].append(time.perf_counter() - t)
+            finally: gc.enable()
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -98,7 +104,8 @@ def main():
         rows[name] = measure(name, a.repeats)
         print(name, {k: round(v, 3) for k, v in rows[name].items()}, flush=True)
     text = ['# Splitting and summarising against the floor', '',
-            f'Medians of {a.repeats} interleaved runs in one process, one torch thread, input {list(SIZE)}, '
+            f'Medians of {a.repeats} interleaved runs in one process (garbage collector off within a run, as '
+            f'timeit), one torch thread, input {list(SIZE)}, '
             f'torch {torch.__version__}, {platform.processor() or platform.machine()}. The floor is building '
             f'the model on meta plus one bare meta forward pass; split is `split_stages` of a fresh meta '
             f'build, summary `layer_summary(depth=3)` of one.', '', *table(rows), '', *verdict(rows), '']

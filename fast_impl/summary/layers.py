@@ -77,17 +77,45 @@ def count_new(items, seen: set, size) -> tuple[int, int]:
     return total, trainable
 
 
+def _subtrees(model: nn.Module, macs: dict) -> dict[nn.Module, tuple[int, int, int]] | None:
+    """(parameters, trainable, mult-adds) of each module's subtree, summed bottom-up in one walk; None where
+    a module or a parameter appears twice (shared: the rows then count without double counts, one by one)"""
+    out, seen = {}, set()
+
+    def total(m: nn.Module) -> tuple[int, int, int]:
+        own = list(m.parameters(recurse=False))
+        if id(m) in seen or any(id(q) in seen for q in own): raise LookupError
+        seen.update([id(m), *map(id, own)])
+        kids = [total(c) for c in m.children()]
+        mine = (sum(q.numel() for q in own), sum(q.numel() for q in own if q.requires_grad), macs.get(m, 0))
+        out[m] = tuple(a + sum(k[i] for k in kids) for i, a in enumerate(mine))
+        return out[m]
+    try: total(model)
+    except LookupError: return None
+    return out
+
+
+def _counts(m: nn.Module, expanded: bool, p: Recording, sums, seen_p: set, seen_m: set) -> tuple[int, ...]:
+    "(params, trainable, mult-adds) of `m`'s row (its own if `expanded`, else its subtree's), then its totals"
+    if sums is not None:
+        own = list(m.parameters(recurse=False))
+        row = sums[m] if not expanded else (sum(q.numel() for q in own),
+                                            sum(q.numel() for q in own if q.requires_grad), p.macs.get(m, 0))
+        return (*row, sums[m][0], sums[m][2])
+    sub = list(m.modules())
+    params, trainable = count_new(m.parameters(recurse=not expanded), seen_p, lambda q: q.numel())
+    macs, _ = count_new([m] if expanded else sub, seen_m, lambda x: p.macs.get(x, 0))
+    return params, trainable, macs, num_params(m), sum(p.macs.get(x, 0) for x in sub)
+
+
 def _rows(p: Recording, depth: int | None) -> list[LayerRow]:
     "One `LayerRow` per module down to `depth`; each parameter and each module's ops shown in exactly one row"
-    seen_p, seen_m, rows = set(), set(), []
+    seen_p, seen_m, rows, sums = set(), set(), [], _subtrees(p.model, p.macs)
     for node in walk(p.model, depth):
-        m, tr, sub = node.module, p.calls.get(node.module, Call()), list(node.module.modules())
-        expanded = (depth is None or node.depth < depth) and len(sub) > 1
-        params, trainable = count_new(m.parameters(recurse=not expanded), seen_p, lambda q: q.numel())
-        macs, _ = count_new([m] if expanded else sub, seen_m, lambda x: p.macs.get(x, 0))
+        m, tr = node.module, p.calls.get(node.module, Call())
+        expanded = (depth is None or node.depth < depth) and any(True for _ in m.children())
         rows.append(LayerRow(node.name, node.path, type(m).__name__, _kernel(m), tr.inputs, tr.outputs,
-                             params, trainable, macs, num_params(m), sum(p.macs.get(x, 0) for x in sub),
-                             expanded, tr.calls))
+                             *_counts(m, expanded, p, sums, seen_p, seen_m), expanded, tr.calls))
     return rows
 
 
