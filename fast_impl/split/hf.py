@@ -10,7 +10,7 @@ import math
 
 from torch import nn
 
-from .blocks import Block, Index, owner, span, under
+from .blocks import Block, Index, owner, under
 
 ROLES = ('stem', 'body', 'decoder', 'head')
 
@@ -106,8 +106,8 @@ def stage_layers(ix: Index, blocks: list[Block], depths: list[int]) -> list[int]
     """Stage number (from 1) of each body block: cut where the config's depths say, else one stage per encoder
     layer where all run at one resolution (ViT-like), else where the resolution changes; plain blocks between
     layers start the next stage (a downsample, a patch embedding), those after the last end it"""
-    lays = _anchors(ix, blocks)
-    areas = [area(ix, blocks[i]) for i in lays]
+    lays, sizes = _anchors(ix, blocks), [area(ix, b) for b in blocks]
+    areas = [sizes[i] for i in lays]
     if len(depths) > 1 and sum(depths) == len(lays):
         bounds = {sum(depths[:k]) for k in range(len(depths))}
         cut = [sum(j <= k for j in bounds) - 1 for k in range(len(lays))]
@@ -118,15 +118,15 @@ def stage_layers(ix: Index, blocks: list[Block], depths: list[int]) -> list[int]
             cut.append((cut[-1] if cut else -1) + (not cut or not same_resolution(a, last)))
             last = a or last
     stage, out, last = {i: c + 1 for i, c in zip(lays, cut)}, [], None
-    for i, b in enumerate(blocks):
+    for i in range(len(blocks)):
         nxt = next((j for j in lays if j >= i), None)
         prev = next((j for j in reversed(lays) if j < i), None)
-        a = area(ix, b)
+        a = sizes[i]
         if a is None and nxt is not None:  # no layer on a map (a norm): as the next plain block that has one
-            a = next((x for x in (area(ix, blocks[j]) for j in range(i + 1, nxt)) if x is not None), None)
+            a = next((x for x in sizes[i + 1:nxt] if x is not None), None)
         # a plain block at the next layer's resolution (a downsample) starts its stage, else it ends the last;
         # plain blocks after the last layer start a stage where the resolution changes (a U-Net's bottleneck)
-        down = nxt is not None and (prev is None or a is None or same_resolution(a, area(ix, blocks[nxt])))
+        down = nxt is not None and (prev is None or a is None or same_resolution(a, sizes[nxt]))
         out.append(stage[nxt] if down else out[-1] if out else 1)
         if nxt is None and prev is not None and not same_resolution(a, last): out[-1] += 1
         last = a or last

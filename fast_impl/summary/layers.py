@@ -77,9 +77,9 @@ def count_new(items, seen: set, size) -> tuple[int, int]:
     return total, trainable
 
 
-def _subtrees(model: nn.Module, macs: dict) -> dict[nn.Module, tuple[int, int, int]] | None:
-    """(parameters, trainable, mult-adds) of each module's subtree, summed bottom-up in one walk; None where
-    a module or a parameter appears twice (shared: the rows then count without double counts, one by one)"""
+def _subtrees(model: nn.Module, macs: dict) -> dict[nn.Module, tuple[tuple, tuple]] | None:
+    """Each module's (parameters, trainable, mult-adds): its own, and its subtree's summed bottom-up in one
+    walk; None where a module or a parameter appears twice (shared: the rows then count one by one)"""
     out, seen = {}, set()
 
     def total(m: nn.Module) -> tuple[int, int, int]:
@@ -88,8 +88,8 @@ def _subtrees(model: nn.Module, macs: dict) -> dict[nn.Module, tuple[int, int, i
         seen.update([id(m), *map(id, own)])
         kids = [total(c) for c in m.children()]
         mine = (sum(q.numel() for q in own), sum(q.numel() for q in own if q.requires_grad), macs.get(m, 0))
-        out[m] = tuple(a + sum(k[i] for k in kids) for i, a in enumerate(mine))
-        return out[m]
+        out[m] = (mine, tuple(a + sum(k[i] for k in kids) for i, a in enumerate(mine)))
+        return out[m][1]
     try: total(model)
     except LookupError: return None
     return out
@@ -98,10 +98,8 @@ def _subtrees(model: nn.Module, macs: dict) -> dict[nn.Module, tuple[int, int, i
 def _counts(m: nn.Module, expanded: bool, p: Recording, sums, seen_p: set, seen_m: set) -> tuple[int, ...]:
     "(params, trainable, mult-adds) of `m`'s row (its own if `expanded`, else its subtree's), then its totals"
     if sums is not None:
-        own = list(m.parameters(recurse=False))
-        row = sums[m] if not expanded else (sum(q.numel() for q in own),
-                                            sum(q.numel() for q in own if q.requires_grad), p.macs.get(m, 0))
-        return (*row, sums[m][0], sums[m][2])
+        mine, whole = sums[m]
+        return (*(mine if expanded else whole), whole[0], whole[2])
     sub = list(m.modules())
     params, trainable = count_new(m.parameters(recurse=not expanded), seen_p, lambda q: q.numel())
     macs, _ = count_new([m] if expanded else sub, seen_m, lambda x: p.macs.get(x, 0))
