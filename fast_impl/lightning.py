@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .checks import check_count
 from .enums import choice
 from .optim import GroupFreezer, GroupTracker, group_logs
-from .rgn import Per, RGNScaler
+from .rgn import RGN, Per, RGNScaler
 
 
 class GroupMonitor(Callback):
@@ -135,6 +135,5 @@ class AutoRGN(Callback):
     @property
     def factors(self):
         "The factors of every step: `step, group, name, tensor, rgn, factor, lr` (the scheduled rate)"
-        import pandas as pd
-        return self.scaler.factors if self.scaler is not None else pd.DataFrame(columns=RGNScaler.columns)
+        return self.scaler.factors if self.scaler is not None else RGN(self.per).df
 

@@ -150,8 +150,6 @@ class RGNScaler:
     proportional to the rate: SGD, Adam, AdamW, RMSprop, ...). `.factors` is the table of factors, `.remove()`
     takes the hook off. Layer groups: `fast_impl.param_groups`' `group` keys, else each optimizer group."""
 
-    columns = RGN.columns
-
     def __init__(self, optimizer, per='group', record: bool = True):
         _check_optimizer(optimizer)
         self.opt, self.rgn, self._saved, self._updates = optimizer, RGN(per, record), None, None
