@@ -209,24 +209,27 @@ def _build(cls):
     with torch.device('meta'): return cls()
 
 
-def _groups(m, size, split):
-    "(names, groups as dotted parameter names) of `split` on the plan of `m` for input `size`"
-    named = split(plan(m, input_size=size))
-    return [n for n, _ in named], group_names(m, [g for _, g in named])
+def _split(m, size, split):
+    """(plan, names, groups as dotted parameter names) of `split` on the plan of `m` for input `size`, checked
+    to partition the parameters with every norm in its layer's group"""
+    p = plan(m, input_size=size)
+    named = split(p)
+    gs = group_names(m, [g for _, g in named])
+    assert sorted(n for g in gs for n in g) == sorted(n for n, _ in m.named_parameters())
+    assert norm_splits(p, gs) == []
+    return p, [n for n, _ in named], gs
+
+
+def _groups(m, size, split): return _split(m, size, split)[1:]
 
 
 def _owners(group: list[str]) -> set[str]: return {n.rpartition('.')[0] for n in group}
-
-
-def _partition(m, groups: list[list[str]]) -> None:
-    assert sorted(n for g in groups for n in g) == sorted(n for n, _ in m.named_parameters())
 
 
 def test_unet_backbone_decoder_head():
     "The deepest point ends the backbone; growing maps are decoder groups; the 1x1 output conv is the head"
     m = _build(UNet)
     names, gs = _groups(m, (1, 3, 64, 64), named_stages)
-    _partition(m, gs)
     assert names == ['stage 1', 'stage 2', 'stage 3', 'stage 4',
                      'decoder 1', 'decoder 2', 'decoder 3', 'head']
     assert gs[-1] == ['out.weight', 'out.bias']
@@ -241,7 +244,6 @@ def test_cnn_lstm_stem_cut_at_resolutions():
     "Three stride-2 conv blocks before an LSTM: a stem of one, a stage per resolution, the LSTM, the head"
     m = _build(CNNLSTM)
     names, gs = _groups(m, (1, 1, 32, 128), named_stages)
-    _partition(m, gs)
     assert names == ['stem', 'stage 1', 'stage 2', 'stage 3', 'head']
     assert [sorted({o.split('.')[0] + '.' + o.split('.')[1] if '.' in o else o for o in _owners(g)})
             for g in gs[:3]] == [['features.0'], ['features.1'], ['features.2']]
@@ -251,12 +253,7 @@ def test_cnn_lstm_stem_cut_at_resolutions():
 @pytest.mark.parametrize('split', [named_stages, named_blocks, lambda m: named_n(m, 3)])
 def test_grayscale_cnn_norms_stay_with_their_convs(split):
     "Every norm in the group of the conv whose output it takes, under every split; the head: the Linear"
-    m = _build(FlatGray)
-    p = plan(m, input_size=(1, 1, 28, 28))
-    named = split(p)
-    gs = group_names(m, [g for _, g in named])
-    _partition(m, gs)
-    assert norm_splits(p, gs) == []
+    _, _, gs = _split(_build(FlatGray), (1, 1, 28, 28), split)
     assert gs[-1] == ['classifier.2.weight', 'classifier.2.bias']
     assert any('features.9.weight' in g and 'features.8.weight' in g for g in gs)
 
@@ -265,7 +262,6 @@ def test_tiny_hierarchical_transformer_stages_follow_resolution():
     "Three stages at three token counts; patch merging starts the next stage; blocks are never cut"
     m = _build(TinySwin)
     names, gs = _groups(m, (1, 3, 64, 64), named_stages)
-    _partition(m, gs)
     assert names == ['stem', 'stage 1', 'stage 2', 'stage 3', 'head']
     merge0 = {n for n in gs[2] if n.startswith('stages.0.2.')}
     assert merge0 == {'stages.0.2.norm.weight', 'stages.0.2.norm.bias', 'stages.0.2.proj.weight',
@@ -291,31 +287,23 @@ def test_split_at_rejects_unordered_and_duplicate_cuts():
 def test_pre_norm_opening_a_block_stays_in_it(split):
     """A norm taking a layer's output that also flows on (a residual stream) is the next block's, not that
     layer's: no link, so no norm apart, and each stage embedding opens its stage"""
-    m = _build(PoolNet)
-    p = plan(m, input_size=(1, 3, 64, 64))
+    p, names, gs = _split(_build(PoolNet), (1, 3, 64, 64), split)
     assert not any(n.endswith('.0.norm1') for n in p.index.trace.norm_of)
-    named = split(p)
-    gs = group_names(m, [g for _, g in named])
-    _partition(m, gs)
-    assert norm_splits(p, gs) == []
     where = {n: i for i, g in enumerate(gs) for n in g}
     for i in range(3):  # a block is never cut from its opening norm
         assert where[f'stages.{i}.0.norm1.weight'] == where[f'stages.{i}.0.mlp.0.weight']
     if split is named_stages:
-        assert [n for n, _ in named] == ['stem', 'stage 1', 'stage 2', 'stage 3', 'head']
+        assert names == ['stem', 'stage 1', 'stage 2', 'stage 3', 'head']
         for i in (1, 2): assert where[f'embeds.{i}.proj.weight'] == where[f'stages.{i}.0.norm1.weight']
 
 
 def test_tokens_of_unfolded_patches_count_positions_per_sample():
     """Windows or unfolded patches folded into the batch: a linear layer's positions are per sample (the whole
     map), so the transformer layer stays in the stage of the conv that made its map"""
-    m = _build(UnfoldNet)
-    p = plan(m, input_size=(1, 3, 64, 64))
+    p, names, gs = _split(_build(UnfoldNet), (1, 3, 64, 64), named_stages)
     size = p.index.trace.size
     assert [size[f'stages.{i}.1.fc'] for i in range(3)] == [(256,), (64,), (16,)]
     assert [size[f'stages.{i}.0.0'] for i in range(3)] == [(16, 16), (8, 8), (4, 4)]
-    names, gs = _groups(m, (1, 3, 64, 64), named_stages)
-    _partition(m, gs)
     assert names == ['stem', 'stage 1', 'stage 2', 'stage 3', 'head']
     for i in range(3): assert {o.split('.')[1] for o in _owners(gs[i + 1])} == {str(i)}
 
@@ -325,7 +313,6 @@ def test_layers_inside_a_wrapper_module_are_the_blocks():
     tokens and patch embedding the stem, the final norm with the last stage (stages) or the head (blocks)"""
     m = _build(TorchViT)
     names, gs = _groups(m, (1, 3, 32, 32), named_stages)
-    _partition(m, gs)
     assert names == ['stem', 'stage 1', 'stage 2', 'stage 3', 'stage 4', 'head']
     assert sorted(gs[0]) == ['cls', 'patch.bias', 'patch.weight', 'pos']
     for i in range(4): assert {o.rpartition('.')[0] for o in _owners(gs[i + 1]) if o.startswith('enc.')} \
